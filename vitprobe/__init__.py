@@ -1,0 +1,46 @@
+"""vitprobe: diagnostics for trained vision models (ViTs and ResNets above all).
+
+Public API: ``load_model``, ``load_data`` and one function per analysis. Every analysis
+takes a :class:`LoadedModel` or a plain ``torch.nn.Module``, and data as an iterable of
+``(images, labels)`` or one such tuple. Names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "vitprobe.models",
+    "LoadedModel": "vitprobe.models",
+    "as_loaded": "vitprobe.models",
+    "load_data": "vitprobe.data",
+    "Batches": "vitprobe.data",
+    "UserError": "vitprobe.errors",
+    "HessianOperator": "vitprobe.sharpness",
+    "hessian_spectrum": "vitprobe.sharpness",
+    "hessian_trace": "vitprobe.sharpness",
+    "hessian_density": "vitprobe.sharpness",
+    "sam_sharpness": "vitprobe.sharpness",
+    "keskar_sharpness": "vitprobe.sharpness",
+    "attention_maps": "vitprobe.attention",
+    "attention_rollout": "vitprobe.attention",
+    "gradient_rollout": "vitprobe.attention",
+    "mean_attention_distance": "vitprobe.attention",
+    "attributions": "vitprobe.attention",
+    "effective_receptive_field": "vitprobe.receptive_field",
+    "theoretical_receptive_field": "vitprobe.receptive_field",
+    "loss_landscape": "vitprobe.landscape",
+    "evaluate": "vitprobe.evaluation",
+    "measure_throughput": "vitprobe.throughput",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vitprobe' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from vitprobe.cli import run
+
+run()

@@ -1,0 +1,131 @@
+"""``python -m vitprobe <command>``: one subcommand per analysis, with shared options.
+
+Subcommands are discovered from ``vitprobe/<package>/command.py`` modules, each of which
+defines ``COMMANDS``: a list of :class:`vitprobe.command.Command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import pkgutil
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+import vitprobe
+from vitprobe import distributed
+from vitprobe.command import Command, RunContext
+from vitprobe.errors import UserError
+from vitprobe.progress import set_quiet
+
+ORDER = ("sharpness", "attention", "receptive-field", "landscape", "evaluate", "throughput",
+         "run", "report", "demo", "models")
+EXIT_USER_ERROR = 2
+
+
+def discover_commands() -> dict[str, Command]:
+    """Every ``COMMANDS`` entry of every ``vitprobe.<package>.command`` module, in help order."""
+    found: dict[str, Command] = {}
+    for info in pkgutil.iter_modules(vitprobe.__path__):
+        if not info.ispkg:
+            continue
+        name = f"vitprobe.{info.name}.command"
+        if importlib.util.find_spec(name) is None:
+            continue
+        for command in importlib.import_module(name).COMMANDS:
+            found[command.name] = command
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda item: rank.get(item[0], len(ORDER))))
+
+
+def shared_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("shared options")
+    group.add_argument("--model", action="append", metavar="SPEC",
+                       help="model spec, repeatable (see `vitprobe models`); default: the demo zoo")
+    group.add_argument("--data", default="shapes", metavar="SPEC",
+                       help="'shapes' (embedded), an image folder, a glob or a file (default: shapes)")
+    group.add_argument("--num-images", type=int, metavar="N", help="images to use")
+    group.add_argument("--batch-size", type=int, metavar="B", help="images per batch")
+    group.add_argument("--seed", type=int, default=0, help="seed for data subsets and directions")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    group.add_argument("--out", type=Path, default=Path("vitprobe-out"), metavar="DIR",
+                       help="output folder (default: ./vitprobe-out)")
+    group.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure format")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    group.add_argument("--allow-download", action="store_true",
+                       help="let timm / Hugging Face download weights missing from the local cache")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow unpickling code from .pth/.bin checkpoints (unsafe)")
+    return parent
+
+
+def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitprobe", description="Diagnostics for trained vision models.")
+    parser.add_argument("--version", action="version", version=f"vitprobe {vitprobe.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parent = shared_options()
+    for command in commands.values():
+        sub = subparsers.add_parser(command.name, parents=[parent], help=command.help,
+                                    description=command.help)
+        command.add_arguments(sub)
+    return parser
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if distributed.launched_by_torchrun():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cuda")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status (2 for a user error, 1 for an internal one)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = discover_commands()
+    args = build_parser(commands).parse_args(argv)
+    command = commands[args.command]
+    set_quiet(args.quiet)
+    ctx: RunContext | None = None
+    try:
+        device = resolve_device(args.device)
+        distributed.init_from_env(device)
+        torch.manual_seed(args.seed)
+        ctx = RunContext(command=command, args=args, argv=["vitprobe", *argv], device=device,
+                         out=args.out)
+        command.run(ctx)
+        ctx.write_metadata("complete")
+        return 0
+    except UserError as error:
+        print(f"vitprobe {args.command}: error: {error}", file=sys.stderr)
+        _close(ctx, "user error")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"vitprobe {args.command}: interrupted; rows computed so far are in {args.out}",
+              file=sys.stderr)
+        _close(ctx, "interrupted")
+        return 130
+    except Exception:  # an internal failure: keep the traceback for the bug report
+        traceback.print_exc()
+        _close(ctx, "failed")
+        return 1
+
+
+def _close(ctx: RunContext | None, status: str) -> None:
+    if ctx is not None and (ctx.rows or ctx.loaded):
+        ctx.write_metadata(status)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

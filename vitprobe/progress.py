@@ -1,0 +1,35 @@
+"""Progress bars that show on a terminal and stay quiet in ``--quiet`` runs and in tests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (or re-enable) every progress bar and log line of this process."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
+    """Wrap ``iterable`` in a tqdm bar when stderr is a terminal and the run is not quiet."""
+    disable = _quiet or not sys.stderr.isatty()
+    return iter(tqdm(iterable, desc=desc, total=total, disable=disable, leave=False))
+
+
+def log(message: str) -> None:
+    """Print a status line on stderr unless the run is quiet."""
+    if not _quiet:
+        print(message, file=sys.stderr, flush=True)

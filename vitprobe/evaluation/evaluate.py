@@ -1,0 +1,151 @@
+"""Top-k accuracy, mean loss and expected calibration error on labelled images, with intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.errors import UserError
+from vitprobe.evaluation.calibration import expected_calibration_error
+from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
+from vitprobe.models.loaded import LoadedModel, as_loaded
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image outcomes of one model on one labelled set, and their summary.
+
+    ``correct[k]`` says whether the label was among the k highest logits of each image;
+    ``confidences`` are top-1 softmax probabilities; ``losses`` per-image cross-entropy.
+    ``skipped_topk`` lists the k that were not computed because the model has fewer
+    classes (top-k would be 1 by construction).
+    """
+
+    model: str
+    num_classes: int
+    losses: np.ndarray
+    confidences: np.ndarray
+    correct: dict[int, np.ndarray]
+    num_bins: int = 15
+    confidence_level: float = 0.95
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    skipped_topk: list[int] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return int(len(self.losses))
+
+    def accuracy(self, k: int = 1) -> float:
+        return float(self.correct[k].mean())
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses.mean())
+
+    @property
+    def ece(self) -> float:
+        return float(expected_calibration_error(self.confidences, self.correct[1], self.num_bins))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Rows ``top1``, ``top5`` (Wilson intervals), ``loss`` and ``ece`` (bootstrap)."""
+        n, rows = self.num_images, []
+        for k, hits in sorted(self.correct.items()):
+            low, high = wilson_interval(int(hits.sum()), n, self.confidence_level)
+            rows.append((f"top{k}", float(hits.mean()), low, high, "wilson"))
+        loss_ci = bootstrap_interval(lambda idx: self.losses[idx].mean(axis=1), n,
+                                     self.bootstrap_samples, self.confidence_level, self.seed)
+        rows.append(("loss", self.loss, *loss_ci, "bootstrap"))
+        ece_ci = bootstrap_interval(
+            lambda idx: expected_calibration_error(self.confidences, self.correct[1],
+                                                   self.num_bins, resamples=idx),
+            n, self.bootstrap_samples, self.confidence_level, self.seed)
+        rows.append(("ece", self.ece, *ece_ci, "bootstrap"))
+        frame = pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high", "interval"])
+        frame.insert(0, "model", self.model)
+        frame["confidence"] = self.confidence_level
+        frame["images"] = n
+        frame["classes"] = self.num_classes
+        frame["ece_bins"] = self.num_bins
+        return frame
+
+
+def model_logits(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The logits of a model's output.
+
+    A DeiT distilled model returns (class head, distillation head) only in distilled
+    training; at inference DeiT averages the two heads (Touvron et al. 2021), and so does
+    this function when handed the pair. timm's ``VisionTransformerDistilled`` already
+    returns the average in eval mode.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and all(
+            isinstance(o, torch.Tensor) and o.shape == output[0].shape for o in output):
+        return torch.stack(list(output)).mean(0)
+    raise TypeError(f"cannot read logits from a model output of type {type(output).__name__}")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: LoadedModel | nn.Module,
+    data: DataLike,
+    topk: Sequence[int] = (1, 5),
+    num_bins: int = 15,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Accuracy, loss and calibration of ``model`` on labelled ``data`` (model in eval mode).
+
+    Top-k accuracies get Wilson score intervals; the mean cross-entropy and the expected
+    calibration error (Guo et al. 2017: ``num_bins`` equal-width bins of the top-1
+    confidence) get percentile-bootstrap intervals over images, seeded by ``seed``.
+    A k larger than the number of classes is skipped (listed in ``skipped_topk``): top-k
+    would be 1 by construction. Labels that are the model's own predictions
+    (``Batches.labels_from_model``) are refused: accuracy against them is meaningless.
+    """
+    loaded = as_loaded(model)
+    batches = as_batches(data)
+    if batches.labels_from_model:
+        raise UserError(
+            f"{batches.spec} has no labels (they were taken from the model's own predictions), "
+            "so accuracy would be meaningless: evaluate needs a folder with one subfolder per "
+            "class or the embedded 'shapes' data")
+    module = loaded.module.eval()
+    device = next(module.parameters()).device
+    losses, confidences, ranks = [], [], []
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        logits = model_logits(module(images)).float()
+        num_classes = logits.shape[-1]
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise UserError(
+                f"labels of {batches.spec} range over [{int(labels.min())}, {int(labels.max())}] "
+                f"but {loaded.label} has {num_classes} classes")
+        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+        confidences.append(logits.softmax(-1).amax(-1).cpu())
+        # rank of the true class: how many logits are strictly larger
+        target = logits.gather(1, labels[:, None])
+        ranks.append((logits > target).sum(1).cpu())
+    rank = torch.cat(ranks).numpy()
+    kept = [k for k in topk if k < num_classes]
+    return EvaluationResult(
+        model=loaded.label,
+        num_classes=int(num_classes),
+        losses=torch.cat(losses).numpy().astype(np.float64),
+        confidences=torch.cat(confidences).numpy().astype(np.float64),
+        correct={k: rank < k for k in sorted({1, *kept})},
+        num_bins=num_bins,
+        confidence_level=confidence,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        skipped_topk=[k for k in topk if k >= num_classes and k != 1],
+    )

@@ -1,0 +1,161 @@
+"""Inference throughput, measured the way timm's ``benchmark.py`` measures it."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.progress import log
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ThroughputResult:
+    """One timed run: ``images`` images in ``seconds`` of wall time, and the conditions."""
+
+    model: str
+    images_per_second: float
+    seconds: float
+    images: int
+    steps: int
+    warmup: int
+    batch_size: int
+    requested_batch_size: int
+    precision: str
+    resolution: tuple[int, int]
+    device: str
+    threads: int
+    channels_last: bool
+    compiled: bool
+    parameters: int
+
+    @property
+    def images_per_second_per_core(self) -> float | None:
+        """Images per second per CPU thread (Chen et al. report CPU throughput per core)."""
+        return self.images_per_second / self.threads if self.device.startswith("cpu") else None
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [("images_per_s", self.images_per_second),
+                ("ms_per_batch", 1000 * self.seconds / self.steps)]
+        if self.images_per_second_per_core is not None:
+            rows.append(("images_per_s_per_core", self.images_per_second_per_core))
+        frame = pd.DataFrame(rows, columns=["metric", "value"])
+        frame.insert(0, "model", self.model)
+        conditions = {
+            "device": self.device, "dtype": self.precision, "batch": self.batch_size,
+            "requested_batch": self.requested_batch_size,
+            "resolution": f"{self.resolution[0]}x{self.resolution[1]}",
+            "threads": self.threads, "channels_last": self.channels_last,
+            "compiled": self.compiled, "warmup": self.warmup, "steps": self.steps,
+            "parameters": self.parameters,
+        }
+        for name, value in conditions.items():
+            frame[name] = value
+        return frame
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def _timed_run(module: nn.Module, inputs: torch.Tensor, warmup: int, steps: int,
+               device: torch.device) -> float:
+    """Seconds of wall time for ``steps`` forward passes after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        module(inputs)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        module(inputs)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_throughput(
+    model: LoadedModel | nn.Module,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    device: torch.device | str | None = None,
+    warmup: int = 10,
+    steps: int = 50,
+    input_size: tuple[int, int] | None = None,
+) -> ThroughputResult:
+    """Inference images per second of ``model``, as timm's ``benchmark.py`` measures it.
+
+    Synthetic ``randn`` inputs at the model's resolution (or ``input_size``), the model in
+    eval mode under ``torch.inference_mode``, ``warmup`` untimed steps, then ``steps``
+    timed steps with device synchronisation before and after; images per second =
+    images / wall time of the timed loop (Touvron et al. 2021 measure DeiT this way).
+    ``precision`` casts model and inputs (fp32, bf16, fp16), as timm's ``--precision``
+    does without AMP. fp16 on a CPU is refused: torch runs it through slow fallback
+    kernels, so the number would describe no real deployment. On out-of-memory the batch
+    is halved and the measurement restarts; the row records both batch sizes. The
+    caller's module is left untouched (a copy is cast, moved and compiled).
+    """
+    loaded = as_loaded(model)
+    if precision not in DTYPES:
+        raise UserError(f"--precision must be one of {', '.join(DTYPES)}, got {precision!r}")
+    if batch_size < 1 or steps < 1 or warmup < 0:
+        raise UserError("throughput needs batch size >= 1, steps >= 1 and warmup >= 0")
+    device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("fp16 on CPU is refused: torch runs it through slow fallback kernels; "
+                        "use --precision bf16 or fp32 on CPU, fp16 on a GPU")
+    dtype = DTYPES[precision]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    module = copy.deepcopy(loaded.module).eval().to(device=device, dtype=dtype,
+                                                    memory_format=memory_format)
+    if compile:
+        module = torch.compile(module)
+    height, width = input_size or loaded.input_size
+    channels = int(loaded.data_config["input_size"][0])
+    batch = batch_size
+    while True:
+        try:
+            with torch.inference_mode():
+                inputs = torch.randn(batch, channels, height, width, device=device, dtype=dtype)
+                inputs = inputs.contiguous(memory_format=memory_format)
+                seconds = _timed_run(module, inputs, warmup, steps, device)
+            break
+        except torch.OutOfMemoryError:
+            inputs = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch == 1:
+                raise UserError(f"{loaded.label} runs out of memory even at batch size 1") from None
+            log(f"{loaded.label}: out of memory at batch {batch}; retrying at {batch // 2}")
+            batch //= 2
+    return ThroughputResult(
+        model=loaded.label,
+        images_per_second=batch * steps / seconds,
+        seconds=seconds,
+        images=batch * steps,
+        steps=steps,
+        warmup=warmup,
+        batch_size=batch,
+        requested_batch_size=batch_size,
+        precision=precision,
+        resolution=(int(height), int(width)),
+        device=_device_name(device),
+        threads=torch.get_num_threads(),
+        channels_last=channels_last,
+        compiled=compile,
+        parameters=loaded.num_parameters,
+    )

@@ -1,0 +1,22 @@
+"""Where a ViT looks: raw attention maps, rollout, gradient rollout, mean attention distance,
+and captum attributions for ViTs and CNNs alike."""
+
+from vitprobe.attention.attributions import attributions
+from vitprobe.attention.capture import AttentionMaps, attention_maps
+from vitprobe.attention.distance import AttentionDistance, mean_attention_distance
+from vitprobe.attention.gradient_rollout import gradient_rollout
+from vitprobe.attention.layout import TokenLayout
+from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.rollout import attention_rollout
+
+__all__ = [
+    "AttentionDistance",
+    "AttentionMaps",
+    "SaliencyMaps",
+    "TokenLayout",
+    "attention_maps",
+    "attention_rollout",
+    "attributions",
+    "gradient_rollout",
+    "mean_attention_distance",
+]

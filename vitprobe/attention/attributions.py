@@ -1,0 +1,129 @@
+"""Input attributions through captum for ViTs and CNNs alike, at the input's resolution.
+
+- ``integrated_gradients``: Sundararajan, Taly & Yan 2017 (captum ``IntegratedGradients``),
+  baseline the all-zero normalised image (the dataset mean), map = sum over channels of |attr|.
+- ``saliency``: Simonyan, Vedaldi & Zisserman 2014 (captum ``Saliency``), map = max over
+  channels of |d logit / d input|.
+- ``gradcam``: Selvaraju et al. 2017 (captum ``LayerGradCam``, ReLU'd) on the last stage,
+  bilinearly upsampled to the input. For a CNN the last stage is timm's last
+  ``feature_info`` module (``layer4`` of a ResNet) or the ``layer`` given. A ViT's last stage
+  is the token sequence entering its last block: the patch tokens are laid out as a
+  (B, C, rows, cols) grid by an identity module (:class:`TokenGrid`) so that captum sees the
+  layout Grad-CAM assumes; the values passed on are unchanged. (The last block's *output*
+  patch tokens cannot be used for a class-token ViT: nothing downstream reads them.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+from torch import nn
+
+from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
+from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.sites import AttentionModel, attention_model, model_logits
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel
+
+ATTRIBUTION_METHODS = ("captum-ig", "saliency", "gradcam")
+
+
+class TokenGrid(nn.Module):
+    """The identity on a (B, C, rows, cols) view of patch tokens: the layer Grad-CAM hooks."""
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return grid
+
+
+class ViTLastStage:
+    """Logits of a ViT whose last block receives its patch tokens through :class:`TokenGrid`."""
+
+    def __init__(self, amodel: AttentionModel) -> None:
+        self.amodel = amodel
+        self.grid = TokenGrid()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        layout = self.amodel.layout(tuple(images.shape[-2:]))
+        p = layout.num_prefix_tokens
+
+        def through_grid(module, inputs):
+            tokens = inputs[0]
+            layout.check(tokens.shape[1])
+            batch, _, channels = tokens.shape
+            grid = tokens[:, p:].transpose(1, 2).reshape(batch, channels, *layout.grid)
+            grid = self.grid(grid)
+            return (torch.cat([tokens[:, :p], grid.flatten(2).transpose(1, 2)], dim=1), *inputs[1:])
+
+        handle = self.amodel.blocks[-1].register_forward_pre_hook(through_grid)
+        try:
+            return model_logits(self.amodel.module, images)
+        finally:
+            handle.remove()
+
+
+def cnn_last_stage(module: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    """The layer Grad-CAM uses for a CNN: ``layer`` (a module or its name), else timm's last
+    ``feature_info`` entry."""
+    if isinstance(layer, nn.Module):
+        return layer
+    name = layer
+    if name is None:
+        info = getattr(module, "feature_info", None)
+        if not info:
+            raise UserError(f"{type(module).__name__} has no timm feature_info: pass layer= "
+                            "(the module or name of its last convolutional stage)")
+        name = info[-1]["module"]
+    try:
+        return module.get_submodule(name)
+    except AttributeError as error:
+        raise UserError(f"no layer named {name!r} in {type(module).__name__}") from error
+
+
+def _is_transformer(loaded: LoadedModel) -> bool:
+    return loaded.family == "vit" or hasattr(getattr(loaded.module, "config", None), "num_hidden_layers")
+
+
+def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str = "gradcam",
+                 target: Target = None, n_steps: int = 32,
+                 layer: nn.Module | str | None = None) -> SaliencyMaps:
+    """captum attribution maps (images, 1, H, W) at the input resolution, for any classifier.
+
+    ``method`` is ``"captum-ig"`` (Integrated Gradients, ``n_steps`` steps), ``"saliency"`` or
+    ``"gradcam"`` (last stage; a ViT's patch tokens reshaped to its grid; ``layer`` overrides a
+    CNN's stage). ``target``: ``None`` the prediction, ``"label"``, an int or a tensor.
+    """
+    if method not in ATTRIBUTION_METHODS:
+        raise UserError(f"unknown attribution method {method!r}; choose from {', '.join(ATTRIBUTION_METHODS)}")
+    loaded, batches = prepared(model, data)
+    module = loaded.module
+    if method == "gradcam" and _is_transformer(loaded):
+        forward = ViTLastStage(attention_model(loaded))
+        explainer = LayerGradCam(forward, forward.grid)
+    else:
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return model_logits(module, images)
+        explainer = {"captum-ig": IntegratedGradients, "saliency": Saliency}.get(method)
+        explainer = explainer(forward) if explainer else LayerGradCam(forward, cnn_last_stage(module, layer))
+    maps, targets, offset, input_size = [], [], 0, None
+    for images, labels in device_batches(loaded, batches):
+        with torch.no_grad():
+            chosen = resolve_targets(target, labels, model_logits(module, images), offset)
+        if method != "gradcam":
+            images = images.clone().requires_grad_(True)
+        if method == "captum-ig":
+            attr = explainer.attribute(images, target=chosen, baselines=0.0, n_steps=n_steps,
+                                       internal_batch_size=len(images)).abs().sum(1, keepdim=True)
+        elif method == "saliency":
+            attr = explainer.attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
+        else:
+            attr = explainer.attribute(images, target=chosen, relu_attributions=True)
+            attr = LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear")
+        maps.append(attr.detach().float().cpu())
+        targets.append(chosen.cpu().numpy())
+        offset += len(images)
+        input_size = tuple(images.shape[-2:])
+    return SaliencyMaps(model=loaded.label, method=method.replace("-", "_"),
+                        maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
+                        targets=np.concatenate(targets), options={"n_steps": n_steps}
+                        if method == "captum-ig" else {})

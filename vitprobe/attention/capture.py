@@ -1,0 +1,215 @@
+"""Post-softmax attention of every layer during one ordinary forward pass, and raw maps.
+
+The hooks only read tensors the model computes anyway (see :mod:`vitprobe.attention.sites`),
+so timm's fused attention stays on, no flag is touched, and the model's outputs are
+bit-identical with and without capture. Every layer must report exactly once per forward:
+a model whose attention bypasses the hooked modules fails loudly instead of silently
+giving fewer layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
+from vitprobe.attention.layout import TokenLayout
+from vitprobe.attention.sites import AttentionModel, attention_model, model_forward
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel
+
+OnAttention = Callable[[int, torch.Tensor], None]
+
+
+@dataclass
+class Recording:
+    """What one forward pass left behind: the layout, the output, and, when gradients were
+    asked for, each layer's values and head outputs (still in the autograd graph)."""
+
+    layout: TokenLayout
+    output: object = None
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class AttentionCapture:
+    """Hooks on every attention site of ``model`` that call ``on_attention(layer, A)`` with
+    A = softmax(q k^T * scale) of shape (B, heads, N, N) as each layer runs.
+
+    With ``keep_for_gradients`` the values and head outputs are kept too, so that
+    dL/dA = (dL/dO) V^T can be formed after a backward pass (:func:`attention_gradients`).
+    """
+
+    def __init__(self, model: AttentionModel, on_attention: OnAttention,
+                 keep_for_gradients: bool = False) -> None:
+        self.model = model
+        self.on_attention = on_attention
+        self.keep_for_gradients = keep_for_gradients
+        self._queries: dict[int, torch.Tensor] = {}
+        self._seen: list[int] = []
+        self._handles: list = []
+        self.recording: Recording | None = None
+
+    def run(self, images: torch.Tensor) -> Recording:
+        """One forward pass of the model on ``images`` with every layer captured."""
+        self.recording = Recording(layout=self.model.layout(tuple(images.shape[-2:])))
+        self._seen = []
+        self._register()
+        try:
+            self.recording.output = model_forward(self.model.module, images)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles, self._queries = [], {}
+        if self._seen != list(range(self.model.num_layers)):
+            raise UserError(
+                f"{self.model.loaded.label}: captured attention from {len(set(self._seen))} of "
+                f"{self.model.num_layers} layers (order {self._seen}); its attention does not run "
+                "through the modules vitprobe reads")
+        return self.recording
+
+    def _register(self) -> None:
+        for site in self.model.sites:
+            self._handles.append(site.q_module.register_forward_hook(self._on_query(site)))
+            self._handles.append(site.k_module.register_forward_hook(self._on_key(site)))
+            if self.keep_for_gradients:
+                self._handles.append(site.v_module.register_forward_hook(self._on_value(site)))
+                self._handles.append(site.out_module.register_forward_pre_hook(self._on_heads(site)))
+
+    def _on_query(self, site):
+        def hook(module, inputs, output):
+            self._queries[site.index] = site.split_q(output)
+        return hook
+
+    def _on_key(self, site):
+        def hook(module, inputs, output):
+            query = self._queries.pop(site.index, None)
+            if query is None:
+                raise UserError(f"layer {site.index}: keys computed before queries; unsupported layout")
+            with torch.no_grad():
+                attention = site.attention(query.detach(), site.split_k(output).detach())
+            layout = self.recording.layout
+            if attention.shape[-1] != layout.num_tokens:
+                layout.check(attention.shape[-1])
+            self._seen.append(site.index)
+            self.on_attention(site.index, attention)
+        return hook
+
+    def _on_value(self, site):
+        def hook(module, inputs, output):
+            self.recording.values[site.index] = site.split_v(output).detach()
+        return hook
+
+    def _on_heads(self, site):
+        def hook(module, inputs):
+            self.recording.head_outputs[site.index] = inputs[0]
+        return hook
+
+
+def attention_gradients(recording: Recording, model: AttentionModel,
+                        objective: torch.Tensor) -> dict[int, torch.Tensor]:
+    """dObjective/dA for every layer, paired by layer index: (dL/dO_h) V_h^T, (B, heads, N, N)."""
+    layers = sorted(recording.head_outputs)
+    grads = torch.autograd.grad(objective, [recording.head_outputs[i] for i in layers])
+    result = {}
+    for layer, grad in zip(layers, grads):
+        site = model.sites[layer]
+        b, n, _ = grad.shape
+        grad_heads = grad.reshape(b, n, site.num_heads, site.head_dim).transpose(1, 2)
+        result[layer] = grad_heads @ recording.values[layer].transpose(-2, -1)
+    return result
+
+
+def select(indices: Sequence[int] | None, count: int, what: str) -> list[int]:
+    """Chosen layer or head indices (negative counts from the end); all when None."""
+    if indices is None:
+        return list(range(count))
+    chosen = []
+    for index in indices:
+        if not -count <= index < count:
+            raise UserError(f"{what} {index} does not exist: the model has {count} {what}s")
+        chosen.append(index % count)
+    return chosen
+
+
+@dataclass
+class AttentionMaps:
+    """Post-softmax attention of the chosen layers and heads for every image.
+
+    ``weights[i]`` is layer ``layers[i]``: (images, len(heads), N, N), row = query token,
+    column = key token, in the model's token order (see ``layout``).
+    """
+
+    model: str
+    layers: list[int]
+    heads: list[int]
+    layout: TokenLayout
+    weights: np.ndarray
+
+    def query_map(self, layer: int, head: int, query: tuple[int, int] | str = "cls") -> np.ndarray:
+        """(images, rows, cols): where one query (a patch (row, col), ``"cls"`` or ``"dist"``)
+        attends among the patches, for one captured layer and head."""
+        layout = self.layout
+        if isinstance(query, str):
+            token = layout.source_index(query)
+        else:
+            row, col = query
+            if not (0 <= row < layout.grid[0] and 0 <= col < layout.grid[1]):
+                raise UserError(f"query patch {query} is outside the {layout.grid} grid")
+            token = layout.num_prefix_tokens + row * layout.grid[1] + col
+        rows = self.weights[self.layers.index(layer), :, self.heads.index(head), token]
+        return rows[:, layout.num_prefix_tokens:].reshape(-1, *layout.grid)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per layer and head, averaged over images: the mass patch queries put on prefix
+        tokens (``prefix_attention``) and the entropy of attention rows in nats."""
+        p = self.layout.num_prefix_tokens
+        weights = self.weights.astype(np.float64)
+        prefix_mass = weights[:, :, :, p:, :p].sum(-1).mean(axis=(1, 3))
+        entropy = -(weights * np.log(np.clip(weights, 1e-30, None))).sum(-1).mean(axis=(1, 3))
+        rows = []
+        for i, layer in enumerate(self.layers):
+            for j, head in enumerate(self.heads):
+                rows.append({"model": self.model, "metric": "prefix_attention", "layer": layer,
+                             "head": head, "value": float(prefix_mass[i, j])})
+                rows.append({"model": self.model, "metric": "attention_entropy", "layer": layer,
+                             "head": head, "value": float(entropy[i, j])})
+        return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike,
+                   layers: Sequence[int] | None = None,
+                   heads: Sequence[int] | None = None) -> AttentionMaps:
+    """Raw post-softmax attention (Dosovitskiy et al. 2020) of every image for the chosen
+    layers and heads (default all), captured in batches from the model's own forward pass.
+
+    Works with timm ViTs (fused attention or not, class/distillation/register tokens, any
+    input size with ``dynamic_img_size``) and transformers ViT/DeiT. All images must have one
+    size (one token layout).
+    """
+    loaded, batches = prepared(model, data)
+    amodel = attention_model(loaded)
+    chosen_layers = select(layers, amodel.num_layers, "layer")
+    chosen_heads = select(heads, amodel.num_heads, "head")
+    per_batch: list[np.ndarray] = []
+    layout = None
+    for images, _ in device_batches(loaded, batches):
+        kept: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int, attention: torch.Tensor) -> None:
+            if layer in chosen_layers:
+                kept[layer] = attention[:, chosen_heads].float().cpu()
+
+        recording = AttentionCapture(amodel, keep).run(images)
+        if layout is not None and recording.layout != layout:
+            raise UserError("attention_maps needs images of one size (one token layout)")
+        layout = recording.layout
+        per_batch.append(torch.stack([kept[layer] for layer in chosen_layers]).numpy())
+    return AttentionMaps(model=loaded.label, layers=chosen_layers, heads=chosen_heads,
+                         layout=layout, weights=np.concatenate(per_batch, axis=1))

@@ -1,0 +1,70 @@
+"""Gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", Eq. for
+self-attention): R = I; for every layer in forward order R <- R + mean_h((∇A ⊙ A)^+) R, with
+∇A the gradient of the chosen class logit with respect to that layer's attention. Gradients
+are paired with attentions by layer index, never by the order in which hooks fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitprobe.attention.capture import AttentionCapture, attention_gradients, select
+from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
+from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.rollout import token_maps
+from vitprobe.attention.sites import attention_model, output_logits
+from vitprobe.models.loaded import LoadedModel
+
+
+def gradient_rollout_matrix(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
+                            start_layer: int = 0) -> torch.Tensor:
+    """R of Chefer et al. from per-layer (B, heads, N, N) attentions and their gradients
+    (same order, first layer first): (B, N, N)."""
+    batch, _, n, _ = attentions[0].shape
+    eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)
+    relevance = eye.expand(batch, n, n).clone()
+    for layer, (attention, gradient) in enumerate(zip(attentions, gradients, strict=True)):
+        if layer < start_layer:
+            continue
+        weighted = (gradient * attention).clamp(min=0).mean(dim=1)
+        relevance = relevance + weighted @ relevance
+    return relevance
+
+
+def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: Target = None,
+                     start_layer: int = 0, source: str = "cls") -> SaliencyMaps:
+    """Gradient-weighted rollout maps (Chefer et al. 2021) for every image.
+
+    ``target`` picks the class explained: ``None`` the model's prediction (default),
+    ``"label"`` the data's labels, an int, or a tensor with one class per image. ``source``
+    is ``"cls"``, ``"dist"`` or ``"both"``. Maps are (images, sources, rows, cols).
+    """
+    loaded, batches = prepared(model, data)
+    amodel = attention_model(loaded)
+    start = select([start_layer], amodel.num_layers, "layer")[0]
+    maps, targets, sources, input_size, offset = [], [], None, None, 0
+    for images, labels in device_batches(loaded, batches):
+        attentions: dict[int, torch.Tensor] = {}
+        capture = AttentionCapture(amodel, attentions.__setitem__, keep_for_gradients=True)
+        with torch.enable_grad():
+            recording = capture.run(images)
+            logits = output_logits(recording.output)
+            chosen = resolve_targets(target, labels, logits, offset)
+            objective = logits.gather(1, chosen[:, None]).sum()
+            gradients = attention_gradients(recording, amodel, objective)
+        layers = range(amodel.num_layers)
+        relevance = gradient_rollout_matrix([attentions[i] for i in layers],
+                                            [gradients[i].detach() for i in layers], start)
+        sources = recording.layout.sources(source)
+        maps.append(token_maps(relevance, recording.layout, sources).float().cpu())
+        targets.append(chosen.cpu().numpy())
+        input_size = tuple(images.shape[-2:])
+        offset += len(images)
+    return SaliencyMaps(model=loaded.label, method="grad_rollout", maps=torch.cat(maps).numpy(),
+                        sources=sources, input_size=input_size, targets=np.concatenate(targets),
+                        options={"start_layer": start})

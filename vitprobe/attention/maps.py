@@ -1,0 +1,62 @@
+"""``SaliencyMaps``: the result shared by rollout, gradient rollout and captum attributions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SaliencyMaps:
+    """One map per image and source, on the patch grid (rollout) or the input (attributions).
+
+    ``maps`` is (images, len(sources), rows, cols); ``sources`` names what each map is read
+    from (``"cls"``, ``"dist"`` for rollout; ``"input"`` for attributions); ``targets`` the
+    class explained per image (-1 where the method has none); ``input_size`` (H, W) of the
+    images.
+    """
+
+    model: str
+    method: str
+    maps: np.ndarray
+    sources: list[str]
+    input_size: tuple[int, int]
+    targets: np.ndarray
+    options: dict
+
+    def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The maps bilinearly resized to ``size`` (default the input size):
+        (images, sources, H, W)."""
+        size = size or self.input_size
+        if tuple(self.maps.shape[-2:]) == tuple(size):
+            return self.maps
+        grid = torch.from_numpy(self.maps.astype(np.float32))
+        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False).numpy()
+
+    def mass_fraction(self, masks: np.ndarray, source: int = 0) -> np.ndarray:
+        """Per image, the fraction of the (non-negative) map mass inside ``masks`` (images, H, W),
+        the map being resized to the mask size first."""
+        maps = np.clip(self.upsampled(tuple(masks.shape[-2:]))[:, source], 0, None)
+        return (maps * masks).sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per source, over images (mean): the normalised entropy of the map (1 = uniform
+        over the grid) and the fraction of mass on the most salient tenth of positions."""
+        flat = np.clip(self.maps.astype(np.float64), 0, None).reshape(*self.maps.shape[:2], -1)
+        total = flat.sum(-1, keepdims=True)
+        p = np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)
+        size = p.shape[-1]
+        entropy = -(p * np.log(np.clip(p, 1e-300, None))).sum(-1) / np.log(size)
+        top = max(1, size // 10)
+        top_mass = np.sort(p, axis=-1)[..., -top:].sum(-1)
+        rows = []
+        for j, source in enumerate(self.sources):
+            for metric, values in (("map_entropy", entropy), ("top10_mass", top_mass)):
+                rows.append({"model": self.model, "metric": f"{self.method}_{metric}",
+                             "source": source, "value": float(values[:, j].mean()),
+                             "num_images": int(values.shape[0])})
+        return pd.DataFrame(rows)

@@ -1,0 +1,138 @@
+"""Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+
+Per layer: fuse the heads (mean, max or min), optionally discard the lowest fraction of the
+entries of every row of every image (never the prefix tokens' columns, so the class token's
+own column always survives), add the identity for the residual path and renormalise each
+row: Â = (A + I) / rowsum(A + I). The rollout of layers s..L is R = Â_L ... Â_s and the map
+of a token t is R[t, patches], reshaped to the real patch grid. It is accumulated layer by
+layer during the forward pass, so only one (B, N, N) matrix is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitprobe.attention.capture import AttentionCapture, select
+from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
+from vitprobe.attention.layout import TokenLayout
+from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.sites import attention_model, output_logits
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(attention: torch.Tensor, fusion: str = "mean") -> torch.Tensor:
+    """(B, heads, N, N) -> (B, N, N) by the mean, max or min over heads."""
+    if fusion == "mean":
+        return attention.mean(dim=1)
+    if fusion == "max":
+        return attention.amax(dim=1)
+    if fusion == "min":
+        return attention.amin(dim=1)
+    raise UserError(f"unknown head fusion {fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+
+
+def discard_lowest(fused: torch.Tensor, ratio: float, protected: int) -> torch.Tensor:
+    """Zero the ``ratio`` lowest entries of each row of each image among the columns after the
+    first ``protected`` (the prefix tokens, which are never discarded)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"the discard ratio must be in [0, 1), got {ratio}")
+    count = int(ratio * (fused.shape[-1] - protected))
+    if count == 0:
+        return fused
+    result = fused.clone()
+    patches = result[..., protected:]
+    lowest = patches.topk(count, dim=-1, largest=False).indices
+    patches.scatter_(-1, lowest, 0.0)
+    return result
+
+
+def residual_normalise(fused: torch.Tensor) -> torch.Tensor:
+    """(A + I) with every row renormalised to sum 1 (row sums kept as (..., N, 1))."""
+    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+    augmented = fused + eye
+    return augmented / augmented.sum(dim=-1, keepdim=True)
+
+
+def rollout_layer(attention: torch.Tensor, fusion: str, discard_ratio: float,
+                  protected: int) -> torch.Tensor:
+    """Â of one layer from its (B, heads, N, N) attention."""
+    return residual_normalise(discard_lowest(fuse_heads(attention, fusion), discard_ratio, protected))
+
+
+class Rollout:
+    """R = Â_l ... Â_s, accumulated one layer at a time (``add`` in forward order)."""
+
+    def __init__(self, fusion: str = "mean", discard_ratio: float = 0.0, protected: int = 1) -> None:
+        self.fusion, self.discard_ratio, self.protected = fusion, discard_ratio, protected
+        self.matrix: torch.Tensor | None = None
+
+    def add(self, attention: torch.Tensor) -> None:
+        step = rollout_layer(attention, self.fusion, self.discard_ratio, self.protected)
+        self.matrix = step if self.matrix is None else step @ self.matrix
+
+
+def rollout(attentions: Sequence[torch.Tensor], fusion: str = "mean", discard_ratio: float = 0.0,
+            protected: int = 1) -> torch.Tensor:
+    """R = Â_L ... Â_1 of a list of (B, heads, N, N) attentions, first layer first: (B, N, N)."""
+    accumulated = Rollout(fusion, discard_ratio, protected)
+    for attention in attentions:
+        accumulated.add(attention)
+    return accumulated.matrix
+
+
+def token_maps(matrix: torch.Tensor, layout: TokenLayout, sources: Sequence[str]) -> torch.Tensor:
+    """Rows of the sources' tokens restricted to the patch columns: (B, sources, rows, cols)."""
+    rows = torch.stack([matrix[:, layout.source_index(s), layout.num_prefix_tokens:]
+                        for s in sources], dim=1)
+    return rows.reshape(matrix.shape[0], len(sources), *layout.grid)
+
+
+@torch.no_grad()
+def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fusion: str = "mean",
+                      discard_ratio: float = 0.0, start_layer: int = 0,
+                      source: str = "cls") -> SaliencyMaps:
+    """Attention rollout maps (Abnar & Zuidema 2020) for every image.
+
+    ``head_fusion`` is ``mean``, ``max`` or ``min``; ``discard_ratio`` the fraction of the
+    lowest patch entries dropped per row and image; ``start_layer`` the first layer rolled out
+    (negative counts from the end); ``source`` ``"cls"``, ``"dist"`` (DeiT distilled) or
+    ``"both"``. Maps are (images, sources, rows, cols) on the model's real patch grid.
+    """
+    loaded, batches = prepared(model, data)
+    amodel = attention_model(loaded)
+    start = select([start_layer], amodel.num_layers, "layer")[0]
+    fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validate before any work
+    discard_lowest(torch.zeros(1, 1, 1), discard_ratio, 0)
+    maps, targets, sources, input_size = [], [], None, None
+    for images, _ in device_batches(loaded, batches):
+        layout = amodel.layout(tuple(images.shape[-2:]))
+        sources = layout.sources(source)
+        accumulated = Rollout(head_fusion, discard_ratio, layout.num_prefix_tokens)
+
+        def accumulate(layer: int, attention: torch.Tensor) -> None:
+            if layer >= start:
+                accumulated.add(attention)
+
+        recording = AttentionCapture(amodel, accumulate).run(images)
+        maps.append(token_maps(accumulated.matrix, layout, sources).float().cpu())
+        targets.append(predictions(recording.output, len(images)))
+        input_size = tuple(images.shape[-2:])
+    return SaliencyMaps(model=loaded.label, method="rollout", maps=torch.cat(maps).numpy(),
+                        sources=sources, input_size=input_size, targets=np.concatenate(targets),
+                        options={"head_fusion": head_fusion, "discard_ratio": discard_ratio,
+                                 "start_layer": start})
+
+
+def predictions(output, batch_size: int) -> np.ndarray:
+    """The top-1 class per image of a forward output (-1 when it has no logits)."""
+    try:
+        return output_logits(output).argmax(-1).cpu().numpy()
+    except UserError:
+        return np.full(batch_size, -1)

@@ -1,0 +1,210 @@
+"""``loss_landscape``: 1-D and 2-D loss slices (Li, Xu, Taylor, Studer & Goldstein 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitprobe import distributed
+from vitprobe.data.batches import Batches, DataLike, as_batches
+from vitprobe.errors import UserError
+from vitprobe.landscape.directions import (Direction, checkpoint_direction, eigen_directions,
+                                           orthogonalize, random_direction)
+from vitprobe.landscape.evaluate import LossFn, WeightSpace, evaluate, recalibrate_batchnorm
+from vitprobe.landscape.grid import Grid, GridLike, SpanLike
+from vitprobe.landscape.result import LandscapeResult
+from vitprobe.landscape.schedule import claims, gather, parse_shard, shard_points, worker_name
+from vitprobe.landscape.store import PartStore, Values, tensors_sha256
+from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.progress import log, progress
+
+DirectionKind = Literal["random", "eigen", "interpolate"]
+BNStats = Literal["keep", "interpolate", "recalibrate"]
+PointCallback = Callable[[int, float, float, float, float], None]
+KINDS = ("random", "eigen", "interpolate")
+BN_STATS = ("keep", "interpolate", "recalibrate")
+
+
+def loss_landscape(
+    model: nn.Module | LoadedModel,
+    data: DataLike,
+    directions: DirectionKind = "random",
+    grid: GridLike = (51, 51),
+    span: SpanLike = (-1, 1),
+    beta_span: SpanLike | None = None,
+    *,
+    to: nn.Module | LoadedModel | None = None,
+    seed: int = 0,
+    include_bn: bool = False,
+    bn_stats: BNStats | None = None,
+    loss_fn: LossFn | None = None,
+    store: str | Path | None = None,
+    resume: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    on_point: PointCallback | None = None,
+    label: str | None = None,
+) -> LandscapeResult:
+    """Loss and accuracy of ``model`` on ``data`` at theta0 + alpha * d1 + beta * d2.
+
+    Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets". ``directions``:
+
+    - ``"random"``: Gaussian directions, filter-normalised per output filter; biases and
+      normalisation parameters zeroed unless ``include_bn`` (rules in
+      :mod:`vitprobe.landscape.directions`). Drawn from ``seed``.
+    - ``"eigen"``: the top one or two Hessian eigenvectors (unit norm) of the mean loss,
+      from :func:`vitprobe.sharpness.hessian_spectrum`.
+    - ``"interpolate"``: d1 = theta(``to``) - theta(model), so alpha = 1 is the ``to``
+      checkpoint; a 2-D grid adds a random filter-normalised d2.
+
+    In 2-D, d2 is orthogonalised against d1 after normalisation; ``result.cosine`` is their
+    cosine before. ``grid`` is ``(alphas, betas)`` counts, ``"51x41"``, or one count for a 1-D
+    slice; ``span`` and ``beta_span`` are ``(low, high)``. Surfaces have shape
+    ``[len(betas), len(alphas)]`` (rows beta, columns alpha; see :mod:`vitprobe.landscape.grid`).
+
+    ``bn_stats`` says what BatchNorm running statistics are at each point: ``"keep"``
+    (theta0's; the default except for interpolation), ``"interpolate"`` (along the line
+    between the two checkpoints; the default for interpolation) or ``"recalibrate"``
+    (recomputed on ``data`` at every point, one extra forward pass per point).
+
+    The loss is the mean over images (cross-entropy, or ``loss_fn(outputs, labels)`` returning a
+    batch mean), in eval mode under ``torch.inference_mode``. The model's parameters, buffers
+    and train/eval flags are restored exactly afterwards, even on an exception.
+
+    ``store`` (a folder) makes the run resumable: every finished point is appended to this
+    worker's part file at once; with ``resume=True`` the points found there (for the same
+    arguments) are not recomputed. ``shard=(i, n)`` computes only points ``k % n == i``; under
+    ``torchrun`` the ranks share the points dynamically and every rank gets the whole result.
+    ``on_point(k, alpha, beta, loss, accuracy)`` is called after each computed point.
+    """
+    modules = [getattr(m, "module", m) for m in (model, to) if m is not None]
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        return _landscape(as_loaded(model), as_batches(data), directions, Grid.make(grid, span, beta_span),
+                          to=to, seed=seed, include_bn=include_bn, bn_stats=bn_stats, loss_fn=loss_fn,
+                          store=store, resume=resume, shard=parse_shard(shard), on_point=on_point,
+                          label=label)
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, to, seed: int,
+               include_bn: bool, bn_stats: str | None, loss_fn: LossFn | None, store, resume: bool,
+               shard: tuple[int, int] | None, on_point: PointCallback | None,
+               label: str | None) -> LandscapeResult:
+    module = loaded.module
+    device = next(module.parameters()).device
+    if batches[0][0].device != device:
+        batches = batches.to(device)
+    bn_stats = _check_options(kind, bn_stats, to)
+    target = as_loaded(to) if to is not None else None
+    if label is None:
+        label = loaded.label if target is None else f"{loaded.label}->{target.label}"
+
+    first, second, info = _directions(kind, loaded, batches, axes, seed, include_bn, target, loss_fn)
+    moving = dict(first)
+    if kind == "interpolate" and bn_stats == "interpolate":
+        moving.update(info.pop("buffer_delta"))
+    info.pop("buffer_delta", None)
+    cosine = info.pop("cosine", None)
+
+    arguments = {
+        "model": tensors_sha256(module.state_dict().items()),
+        "to": tensors_sha256(target.module.state_dict().items()) if target is not None else None,
+        "data": tensors_sha256([("images", batches.images()), ("labels", batches.labels())]),
+        "images": batches.num_images, "directions": kind, "seed": seed, "include_bn": include_bn,
+        "bn_stats": bn_stats, "loss_fn": getattr(loss_fn, "__qualname__", repr(loss_fn)) if loss_fn else "cross_entropy",
+        "alphas": axes.alphas.tolist(), "betas": axes.betas.tolist(),
+    }
+    parts = PartStore(store, arguments, worker_name(shard)) if store is not None else None
+    done = _prepare_store(parts, resume, shard)
+    todo = [k for k in shard_points(axes.size, shard) if k not in done]
+    if distributed.is_main():
+        log(f"landscape {label}: {axes.describe()}; {len(todo)} points to compute, {len(done)} already done")
+
+    computed: Values = {}
+    space = WeightSpace(module, moving, second)
+    try:
+        with space.active():
+            points = claims(todo, parts.key if parts is not None else "memory")
+            total = None if distributed.is_distributed() else len(todo)
+            for k in progress(points, desc=f"landscape {label}", total=total):
+                _, _, alpha, beta = axes.point(k)
+                space.set(alpha, beta)
+                if bn_stats == "recalibrate":
+                    recalibrate_batchnorm(module, batches)
+                loss, accuracy = evaluate(module, batches, loss_fn)
+                computed[k] = (loss, accuracy)
+                if parts is not None:
+                    parts.append(k, alpha, beta, loss, accuracy)
+                if on_point is not None:
+                    on_point(k, alpha, beta, loss, accuracy)
+    finally:
+        if parts is not None:
+            parts.close()
+
+    values = {**done, **gather(computed)}
+    loss, accuracy = (np.full(axes.shape, np.nan) for _ in range(2))
+    for k, (point_loss, point_accuracy) in values.items():
+        row, column, _, _ = axes.point(k)
+        loss[row, column], accuracy[row, column] = point_loss, point_accuracy
+    info.update(key=parts.key if parts is not None else None, bn_stats=bn_stats, include_bn=include_bn,
+                seed=seed, computed=len(computed), reused=len(done), missing=axes.size - len(values),
+                images=batches.num_images)
+    directions = [{n: t.detach().cpu() for n, t in d.items()} for d in (first, second) if d is not None]
+    return LandscapeResult(model=label, kind=kind, alphas=axes.alphas, betas=axes.betas, loss=loss,
+                           accuracy=accuracy, directions=directions, cosine=cosine, info=info)
+
+
+def _check_options(kind: str, bn_stats: str | None, to) -> str:
+    if kind not in KINDS:
+        raise UserError(f"directions must be one of {', '.join(KINDS)}, got {kind!r}")
+    if (kind == "interpolate") != (to is not None):
+        raise UserError("interpolate directions need the second checkpoint (--to), and only they take one")
+    bn_stats = bn_stats or ("interpolate" if kind == "interpolate" else "keep")
+    if bn_stats not in BN_STATS:
+        raise UserError(f"--bn-stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
+    if bn_stats == "interpolate" and kind != "interpolate":
+        raise UserError("--bn-stats interpolate needs --directions interpolate (there is no second "
+                        "checkpoint to interpolate towards); use keep or recalibrate")
+    return bn_stats
+
+
+def _directions(kind: str, loaded: LoadedModel, batches: Batches, axes: Grid, seed: int, include_bn: bool,
+                target: LoadedModel | None, loss_fn: LossFn | None) -> tuple[Direction, Direction | None, dict]:
+    module = loaded.module
+    generator = torch.Generator().manual_seed(seed)
+    info: dict = {}
+    if kind == "eigen":
+        vectors, eigenvalues = eigen_directions(loaded, batches, k=2 if axes.two_d else 1, loss_fn=loss_fn)
+        if len(vectors) < (2 if axes.two_d else 1):
+            raise UserError("the sharpness engine returned fewer Hessian eigenvectors than the grid needs")
+        first, second = vectors[0], (vectors[1] if axes.two_d else None)
+        info["eigenvalues"] = eigenvalues
+    elif kind == "interpolate":
+        first, info["buffer_delta"] = checkpoint_direction(module, target.module)
+        second = random_direction(module, generator, include_bn) if axes.two_d else None
+    else:
+        first = random_direction(module, generator, include_bn)
+        second = random_direction(module, generator, include_bn) if axes.two_d else None
+    if second is not None:
+        second, info["cosine"] = orthogonalize(first, second)
+    return first, second, info
+
+
+def _prepare_store(parts: PartStore | None, resume: bool, shard: tuple[int, int] | None) -> Values:
+    """Open this worker's part file; the points already finished when resuming."""
+    if parts is None:
+        return {}
+    if not resume and shard is None and distributed.is_main():
+        parts.clear()  # a fresh, unsharded run owns the whole folder
+    distributed.barrier()
+    done = parts.load() if resume else {}
+    distributed.barrier()  # every rank has read the same finished points before any writes more
+    parts.open(fresh=not resume)
+    return done

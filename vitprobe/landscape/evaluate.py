@@ -1,0 +1,134 @@
+"""Evaluating one landscape point: set the weights, (re)calibrate BatchNorm, measure the loss.
+
+Every point is set from an untouched copy of the weights, w = (theta0 + a d1) + b d2, so no
+error accumulates along the walk and a point's value does not depend on which points came
+before it (or on which worker computed it). The centre (a = b = 0) is theta0 bit for bit.
+:class:`WeightSpace` puts every parameter, buffer and training flag back on exit, whatever
+ends the block (an exception or a KeyboardInterrupt included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from vitprobe.data.batches import Batch
+from vitprobe.landscape.directions import Direction
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class WeightSpace:
+    """Moves ``module`` to theta0 + a * d1 + b * d2 and back.
+
+    ``d1`` (and ``d2``) map parameter or buffer names to tensors; names whose direction is
+    zero everywhere are never written. Buffers whose name ends in ``running_var`` are clamped
+    at zero (an extrapolated variance can go negative).
+    """
+
+    def __init__(self, module: nn.Module, d1: Direction, d2: Direction | None = None) -> None:
+        self.module = module
+        tensors = dict(module.named_parameters())
+        tensors.update(module.named_buffers())
+        self._moving: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        for name, tensor in tensors.items():
+            first = _nonzero(d1.get(name))
+            second = _nonzero(d2.get(name)) if d2 is not None else None
+            if first is not None or second is not None:
+                self._moving.append((name, tensor, tensor.detach().clone(), first, second))
+        # buffers BatchNorm recalibration may rewrite, and every module's train/eval flag
+        self._buffers = [(b, b.detach().clone()) for _, b in module.named_buffers()]
+        self._flags = [(m, m.training) for m in module.modules()]
+
+    def set(self, alpha: float, beta: float) -> None:
+        """Write theta0 + alpha * d1 + beta * d2 into the module."""
+        with torch.no_grad():
+            for name, tensor, base, first, second in self._moving:
+                if alpha != 0 and first is not None:
+                    torch.add(base, first, alpha=alpha, out=tensor)
+                else:
+                    tensor.copy_(base)
+                if beta != 0 and second is not None:
+                    tensor.add_(second, alpha=beta)
+                if name.endswith("running_var"):
+                    tensor.clamp_(min=0)
+
+    def restore(self) -> None:
+        """Put back every parameter, buffer and training flag exactly as they were."""
+        with torch.no_grad():
+            for _, tensor, base, _, _ in self._moving:
+                tensor.copy_(base)
+            for buffer, saved in self._buffers:
+                buffer.copy_(saved)
+        for module, training in self._flags:
+            module.training = training
+
+    @contextmanager
+    def active(self) -> Iterator["WeightSpace"]:
+        """The module in eval mode for the block; everything restored afterwards."""
+        try:
+            self.module.eval()
+            yield self
+        finally:
+            self.restore()
+
+
+def _nonzero(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return tensor if tensor is not None and bool(tensor.any()) else None
+
+
+def recalibrate_batchnorm(module: nn.Module, batches: Sequence[Batch]) -> None:
+    """Recompute every BatchNorm's running statistics on ``batches`` (cumulative average).
+
+    Only the BatchNorm layers run in training mode (no dropout); the mean and variance are
+    the average over batches of the batch statistics, as SWA's ``update_bn`` does.
+    """
+    layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.inference_mode():
+            for images, _ in batches:
+                module(images)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+            m.eval()
+
+
+def evaluate(module: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) over all images of ``batches``, in inference mode.
+
+    The loss is cross-entropy on the logits, or ``loss_fn(outputs, labels)`` returning a
+    batch mean; either way each batch counts by its number of images. Accuracy is top-1 when
+    the outputs are (N, classes) logits and the labels class indices, else NaN.
+    """
+    losses, hits = [], []
+    count, classified = 0, True
+    with torch.inference_mode():
+        for images, labels in batches:
+            outputs = module(images)
+            outputs = getattr(outputs, "logits", outputs)
+            n = int(images.shape[0])
+            if loss_fn is None:
+                losses.append(F.cross_entropy(outputs.float(), labels, reduction="sum").double())
+            else:
+                losses.append(loss_fn(outputs, labels).double() * n)
+            classified = (classified and outputs.dim() == 2 and labels.dim() == 1
+                          and not labels.is_floating_point())
+            if classified:
+                hits.append((outputs.argmax(dim=1) == labels).sum())
+            count += n
+    loss = float(torch.stack(losses).sum()) / count
+    accuracy = float(torch.stack(hits).sum()) / count if classified else float("nan")
+    return loss, accuracy

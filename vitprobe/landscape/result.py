@@ -1,0 +1,69 @@
+"""The result of a landscape: coordinates, surfaces (rows beta, columns alpha), directions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vitprobe.landscape.directions import Direction
+
+METRICS = ("loss", "accuracy")
+
+
+@dataclass
+class LandscapeResult:
+    """Loss and accuracy at theta0 + alpha * d1 + beta * d2.
+
+    ``loss`` and ``accuracy`` have shape ``[len(betas), len(alphas)]`` (rows beta, columns
+    alpha); a 1-D slice has one row and ``betas == [0.0]``. Points a ``--shard`` job did not
+    compute are NaN (``complete`` is False). ``directions`` holds d1 (and d2) on the CPU;
+    ``cosine`` is cos(d1, d2) before d2 was orthogonalised (None in 1-D). ``info`` records
+    the run key, the policy, eigenvalues for ``eigen`` directions, and how many points this
+    call computed versus found already done.
+    """
+
+    model: str
+    kind: str
+    alphas: np.ndarray
+    betas: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    directions: list[Direction]
+    cosine: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_1d(self) -> bool:
+        return len(self.directions) == 1
+
+    @property
+    def complete(self) -> bool:
+        """True when every point was computed (by this call, a resumed one, or other ranks)."""
+        return self.info.get("missing", 0) == 0
+
+    def surface(self, metric: str) -> np.ndarray:
+        if metric not in METRICS:
+            raise ValueError(f"metric is one of {METRICS}, got {metric!r}")
+        return self.loss if metric == "loss" else self.accuracy
+
+    def at(self, alpha: float, beta: float = 0.0, metric: str = "loss") -> float:
+        """The value at grid coordinates (alpha, beta) (which must be on the grid)."""
+        column = int(np.flatnonzero(self.alphas == alpha)[0])
+        row = int(np.flatnonzero(self.betas == beta)[0])
+        return float(self.surface(metric)[row, column])
+
+    @property
+    def center(self) -> dict[str, float]:
+        """Loss and accuracy of the unperturbed model (alpha = beta = 0)."""
+        return {metric: self.at(0.0, 0.0, metric) for metric in METRICS}
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy rows: model, alpha, beta, metric (loss | accuracy), value."""
+        alpha, beta = np.meshgrid(self.alphas, self.betas)
+        frames = [pd.DataFrame({"model": self.model, "alpha": alpha.ravel(), "beta": beta.ravel(),
+                                "metric": metric, "value": self.surface(metric).ravel()})
+                  for metric in METRICS]
+        return pd.concat(frames, ignore_index=True)

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = RunContext(command=command, args=args, argv=["vitprobe", *argv], device=device,
                          out=args.out)
         command.run(ctx)
-        ctx.write_metadata("complete")
+        _close(ctx, "complete")
         return 0
     except UserError as error:
         print(f"vitprobe {args.command}: error: {error}", file=sys.stderr)

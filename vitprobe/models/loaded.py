@@ -90,7 +90,8 @@ def detect_family(module: nn.Module) -> Family:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     attention = [m for m in module.modules() if isinstance(m, nn.MultiheadAttention)
                  or type(m).__name__.endswith("Attention")]
-    if convs and not attention and not hasattr(module, "patch_embed"):
+    patchify = any(type(m).__name__ == "PatchEmbed" for m in module.modules())
+    if convs and not attention and not patchify:
         return "cnn"
     return "other"
 

@@ -1,0 +1,87 @@
+"""Image files on disk: an ImageNet-style class folder, or unlabelled files, folders and globs."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vitprobe.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(spec: str | list[str]) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """Resolve a data spec to image paths, labels and class names.
+
+    A folder whose subfolders hold images is a labelled dataset (class index = sorted
+    subfolder order); a folder of images, a glob, one file or a list of files is unlabelled
+    (labels and class names are ``None``).
+    """
+    if isinstance(spec, (list, tuple)):
+        paths = [Path(p) for p in spec]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"image file not found: {path}")
+        return paths, None, None
+    if any(ch in spec for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_image(Path(p)))
+        if not paths:
+            raise UserError(f"no image files match {spec!r}")
+        return paths, None, None
+    root = Path(spec)
+    if root.is_file():
+        return [root], None, None
+    if not root.is_dir():
+        raise UserError(f"data not found: {spec!r} is neither 'shapes', a folder, a glob nor a file")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes:
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(p for p in (root / name).rglob("*") if _is_image(p))
+            paths += files
+            labels += [label] * len(files)
+        if not paths:
+            raise UserError(f"no images in the class folders of {root}")
+        return paths, labels, classes
+    paths = sorted(p for p in root.iterdir() if _is_image(p))
+    if not paths:
+        raise UserError(f"no images in folder {root}")
+    return paths, None, None
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette and RGBA converted); a clear error if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                canvas.paste(rgba, mask=rgba.split()[-1])
+                return canvas
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def load_images(paths: list[Path], data_config: dict) -> torch.Tensor:
+    """Read and preprocess images with timm's evaluation transform for ``data_config``."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=tuple(data_config["input_size"]),
+        interpolation=data_config.get("interpolation", "bicubic"),
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        crop_pct=data_config.get("crop_pct", 0.875),
+        crop_mode=data_config.get("crop_mode", "center"),
+        is_training=False,
+    )
+    return torch.stack([transform(read_rgb(path)) for path in paths])

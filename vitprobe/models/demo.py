@@ -1,0 +1,177 @@
+"""The embedded demo zoo: a small timm ViT and ResNet trained on ``shapes``, with AdamW or SAM.
+
+Models are trained on first use (deterministically for the seed) and cached as
+safetensors with a JSON record of their training in ``$VITPROBE_CACHE/demo`` (default
+``~/.cache/vitprobe/demo``). A file lock makes concurrent processes train a model once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.models.resnet import BasicBlock, ResNet
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from vitprobe.data.shapes import CLASS_NAMES, render_shapes
+from vitprobe.models.sam_optimizer import SAM, frozen_batchnorm_stats
+from vitprobe.progress import log, progress
+from vitprobe.report.files import atomic_write, write_json
+
+RESOLUTION = 32
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How one demo model is built and trained; its hash names the cached file."""
+
+    architecture: str  # "vit" or "resnet"
+    optimizer: str  # "adamw" or "sam"
+    steps: int
+    lr: float
+    weight_decay: float = 0.05
+    warmup: int = 50
+    batch_size: int = 64
+    train_images: int = 8000
+    rho: float = 0.05
+    seed: int = 0
+    version: int = 1
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+DEMO_ZOO: dict[str, DemoRecipe] = {
+    "vit": DemoRecipe("vit", "adamw", steps=1200, lr=1e-3),
+    "resnet": DemoRecipe("resnet", "adamw", steps=600, lr=2e-3),
+    "vit-sam": DemoRecipe("vit", "sam", steps=600, lr=1e-3, rho=0.1),
+    "resnet-sam": DemoRecipe("resnet", "sam", steps=300, lr=2e-3, rho=0.1),
+}
+
+
+def build_architecture(architecture: str) -> nn.Module:
+    """The untrained timm module of a demo architecture."""
+    if architecture == "vit":
+        model = VisionTransformer(img_size=RESOLUTION, patch_size=4, embed_dim=64, depth=4,
+                                  num_heads=4, mlp_ratio=2.0, num_classes=len(CLASS_NAMES))
+    elif architecture == "resnet":
+        model = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), stem_width=16,
+                       num_classes=len(CLASS_NAMES))
+    else:
+        raise ValueError(f"unknown demo architecture {architecture!r}")
+    model.pretrained_cfg = {
+        "input_size": (3, RESOLUTION, RESOLUTION), "interpolation": "bilinear", "crop_pct": 1.0,
+        "crop_mode": "center", "mean": MEAN, "std": STD, "num_classes": len(CLASS_NAMES),
+        "classifier": "head" if architecture == "vit" else "fc",
+    }
+    return model
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("VITPROBE_CACHE") or Path.home() / ".cache" / "vitprobe"
+    return Path(root) / "demo"
+
+
+def weights_path(name: str) -> Path:
+    return cache_dir() / f"{name}-{DEMO_ZOO[name].digest()}.safetensors"
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def _lr_at(step: int, recipe: DemoRecipe) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress_ = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress_))
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, num_images: int = 1000) -> float:
+    """Top-1 accuracy on the first ``num_images`` of the shapes test split."""
+    test = render_shapes(range(num_images), RESOLUTION, split="test")
+    model.eval()
+    logits = torch.cat([model(_normalise(test.images[i:i + 250])) for i in range(0, num_images, 250)])
+    return float((logits.argmax(-1) == test.labels).float().mean())
+
+
+def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one demo model from scratch, deterministically for ``recipe.seed``."""
+    torch.manual_seed(recipe.seed)
+    model = build_architecture(recipe.architecture)
+    data = render_shapes(range(recipe.train_images), RESOLUTION, split="train")
+    images, labels = _normalise(data.images), data.labels
+    generator = torch.Generator().manual_seed(recipe.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sam":
+        optimizer = SAM(groups, torch.optim.AdamW, rho=recipe.rho, lr=recipe.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+    model.train()
+    started = time.perf_counter()
+    order = torch.randperm(len(images), generator=generator)
+    position = 0
+    for step in progress(range(recipe.steps), desc=f"training demo {recipe.architecture}"):
+        if position + recipe.batch_size > len(order):
+            order, position = torch.randperm(len(images), generator=generator), 0
+        index = order[position:position + recipe.batch_size]
+        position += recipe.batch_size
+        x, y = images[index], labels[index]
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, recipe)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if recipe.optimizer == "sam":
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                with frozen_batchnorm_stats(model):
+                    loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            optimizer.step(closure)
+        else:
+            optimizer.step()
+    seconds = time.perf_counter() - started
+    model.eval()
+    record = {"recipe": asdict(recipe), "train_seconds": round(seconds, 1),
+              "test_accuracy": test_accuracy(model), "classes": list(CLASS_NAMES)}
+    return model, record
+
+
+def load_demo(name: str) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The trained demo model ``name`` (training and caching it on first use)."""
+    recipe = DEMO_ZOO[name]
+    path = weights_path(name)
+    record_path = path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path.exists() and record_path.exists()):
+            log(f"training demo:{name} (first use; cached in {path.parent})")
+            model, record = train(recipe)
+            atomic_write(path, lambda tmp: save_file(model.state_dict(), str(tmp)))
+            write_json(record, record_path)
+            log(f"demo:{name}: test accuracy {record['test_accuracy']:.1%} "
+                f"after {record['train_seconds']:.0f} s")
+    model = build_architecture(recipe.architecture)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), json.loads(record_path.read_text()), path

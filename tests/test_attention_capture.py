@@ -1,0 +1,183 @@
+"""Attention capture on real timm and transformers ViTs: fused or not, DeiT distilled,
+registers, non-square dynamic inputs, HF output_attentions, model left unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+from vitprobe.attention import (attention_maps, attention_rollout, attributions, gradient_rollout,
+                                mean_attention_distance)
+from vitprobe.attention.rollout import rollout
+from vitprobe.errors import UserError
+
+
+def _reference_attention(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Attention as timm's unfused path applies it (an independent twin, attn_drop hooks)."""
+    twin = copy.deepcopy(model)
+    found = []
+    for block in twin.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda m, i, out: found.append(out.detach()))
+    with torch.no_grad():
+        twin(images)
+    return found
+
+
+def test_fused_capture_equals_unfused(tiny_vit) -> None:
+    images = torch.randn(4, 3, 16, 16)
+    unfused = copy.deepcopy(tiny_vit)
+    for block in tiny_vit.blocks:
+        block.attn.fused_attn = True
+    for block in unfused.blocks:
+        block.attn.fused_attn = False
+    fused_maps = attention_maps(tiny_vit, images)
+    unfused_maps = attention_maps(unfused, images)
+    reference = torch.stack(_reference_attention(tiny_vit, images)).numpy()
+    assert fused_maps.weights.shape == (2, 4, 2, 17, 17)
+    np.testing.assert_allclose(fused_maps.weights, unfused_maps.weights, atol=1e-6)
+    np.testing.assert_allclose(unfused_maps.weights, reference, atol=1e-7)
+    np.testing.assert_allclose(fused_maps.weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_model_left_exactly_as_found(tiny_vit) -> None:
+    images = torch.randn(3, 3, 16, 16)
+    tiny_vit.blocks[0].attn.fused_attn = True
+    tiny_vit.blocks[1].attn.fused_attn = False
+    with torch.no_grad():
+        before = tiny_vit(images)
+    state = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
+    attention_maps(tiny_vit, images)
+    attention_rollout(tiny_vit, images, discard_ratio=0.5)
+    gradient_rollout(tiny_vit, images)
+    mean_attention_distance(tiny_vit, images)
+    attributions(tiny_vit, images, method="gradcam")
+    assert [b.attn.fused_attn for b in tiny_vit.blocks] == [True, False]
+    assert not tiny_vit.training
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_vit.modules())
+    assert all(p.grad is None for p in tiny_vit.parameters())
+    for key, value in tiny_vit.state_dict().items():
+        assert torch.equal(value, state[key])
+    with torch.no_grad():
+        assert torch.equal(tiny_vit(images), before)
+
+
+def test_deit_distilled_layout_and_dist_map() -> None:
+    model = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                                       num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    maps = attention_maps(model, images)
+    assert maps.layout.num_prefix_tokens == 2 and maps.layout.dist_index == 1
+    assert maps.weights.shape[-1] == 2 + 16
+    np.testing.assert_allclose(maps.weights, torch.stack(_reference_attention(model, images)).numpy(),
+                               atol=1e-6)
+    result = attention_rollout(model, images, source="both")
+    assert result.sources == ["cls", "dist"] and result.maps.shape == (2, 2, 4, 4)
+    matrix = rollout([torch.from_numpy(w) for w in maps.weights], protected=2)
+    np.testing.assert_allclose(result.maps[:, 1], matrix[:, 1, 2:].reshape(2, 4, 4), atol=1e-6)
+    np.testing.assert_allclose(result.maps[:, 0], matrix[:, 0, 2:].reshape(2, 4, 4), atol=1e-6)
+    assert gradient_rollout(model, images, source="dist").maps.shape == (2, 1, 4, 4)
+
+
+def test_register_tokens_layout() -> None:
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                              reg_tokens=4, num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    maps = attention_maps(model, images, layers=[-1], heads=[1])
+    assert maps.layout.num_prefix_tokens == 5 and maps.layout.grid == (4, 4)
+    assert maps.layers == [1] and maps.heads == [1]
+    reference = _reference_attention(model, images)[1][:, 1]
+    np.testing.assert_allclose(maps.query_map(1, 1, (2, 3)), reference[:, 5 + 2 * 4 + 3, 5:].reshape(2, 4, 4),
+                               atol=1e-6)
+    result = attention_rollout(model, images)
+    assert result.maps.shape == (2, 1, 4, 4)
+    with pytest.raises(UserError, match="no dist token"):
+        attention_rollout(model, images, source="dist")
+
+
+def test_non_square_input_with_dynamic_img_size() -> None:
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                              dynamic_img_size=True, num_classes=3).eval()
+    images = torch.randn(2, 3, 24, 40)
+    maps = attention_maps(model, images)
+    assert maps.layout.grid == (3, 5) and maps.weights.shape[-1] == 1 + 15
+    np.testing.assert_allclose(maps.weights, torch.stack(_reference_attention(model, images)).numpy(),
+                               atol=1e-6)
+    assert attention_rollout(model, images).maps.shape == (2, 1, 3, 5)
+    assert gradient_rollout(model, images).maps.shape == (2, 1, 3, 5)
+    cam = attributions(model, images, method="gradcam")
+    assert cam.maps.shape == (2, 1, 24, 40)
+
+
+def test_fails_loudly_when_a_layer_is_not_captured(tiny_vit, tiny_resnet) -> None:
+    class Skip(torch.nn.Module):  # an attention replacement that never computes q and k
+        def forward(self, x, **kwargs):
+            return x
+
+    skip = Skip()
+    for part in ("qkv", "q_norm", "k_norm", "norm"):
+        setattr(skip, part, getattr(tiny_vit.blocks[1].attn, part))
+    skip.num_heads, skip.head_dim, skip.scale = 2, 4, 0.5
+    tiny_vit.blocks[1].attn = skip
+    with pytest.raises(UserError, match="1 of 2 layers"):
+        attention_rollout(tiny_vit, torch.randn(1, 3, 16, 16))
+    with pytest.raises(UserError, match="no attention layers"):
+        attention_maps(tiny_resnet, torch.randn(1, 3, 16, 16))
+
+
+def test_data_forms_are_accepted(tiny_vit, tiny_batches) -> None:
+    from vitprobe.data.batches import Batches
+
+    images = torch.cat([x for x, _ in tiny_batches])
+    labels = torch.cat([y for _, y in tiny_batches])
+    base = attention_rollout(tiny_vit, images).maps
+    for data in (tiny_batches, Batches(tiny_batches), (images, labels), iter(tiny_batches)):
+        np.testing.assert_allclose(attention_rollout(tiny_vit, data).maps, base, atol=1e-6)
+    by_label = gradient_rollout(tiny_vit, tiny_batches, target="label")
+    np.testing.assert_array_equal(by_label.targets, labels.numpy())
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_config(cls, **extra):
+    return cls(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=32, num_labels=3, **extra)
+
+
+def test_hf_vit_capture_equals_output_attentions() -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    eager = ViTForImageClassification(_hf_config(ViTConfig, attn_implementation="eager")).eval()
+    sdpa = ViTForImageClassification(_hf_config(ViTConfig, attn_implementation="sdpa")).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        own = eager(pixel_values=images, output_attentions=True).attentions
+    assert len(own) == 2
+    for model in (eager, sdpa):
+        maps = attention_maps(model, images)
+        assert maps.layout.num_prefix_tokens == 1 and maps.layout.grid == (4, 4)
+        np.testing.assert_allclose(maps.weights, torch.stack(own).numpy(), atol=1e-6)
+    assert sdpa.config._attn_implementation == "sdpa"
+    assert gradient_rollout(sdpa, images).maps.shape == (2, 1, 4, 4)
+    assert attributions(sdpa, images, method="gradcam").maps.shape == (2, 1, 32, 32)
+
+
+def test_hf_deit_distilled_capture() -> None:
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    model = DeiTForImageClassificationWithTeacher(_hf_config(DeiTConfig, attn_implementation="eager")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        own = model(pixel_values=images, output_attentions=True).attentions
+    maps = attention_maps(model, images)
+    assert maps.layout.num_prefix_tokens == 2 and maps.layout.dist_index == 1
+    np.testing.assert_allclose(maps.weights, torch.stack(own).numpy(), atol=1e-6)
+    assert attention_rollout(model, images, source="both").maps.shape == (2, 2, 4, 4)

@@ -1,0 +1,112 @@
+"""How much of a contribution map sits near its centre: the scores of an effective receptive field.
+
+Every score reads a non-negative map ``M`` of shape (H, W) whose centre is the pixel
+``(H // 2, W // 2)`` (the convention of RepLKNet's ``analyze_erf.py``, Ding et al. 2022; for an
+even side it is the lower/right of the two middle pixels). ``S = M.sum()`` is the total mass, and
+a threshold ``t`` in (0, 1) asks for *more than* ``t * S`` (strictly, as the script does).
+
+- :func:`centred_square`: the smallest centred square of side ``2i + 1`` whose sum exceeds
+  ``t * S``, as its side in pixels and its area ratio ``(2i + 1)**2 / (H * W)``. This is
+  RepLKNet's *high-contribution area ratio*. Two deliberate differences from the script's
+  ``get_rectangle``: the search starts at ``i = 0`` (a 1x1 square; the script starts at 3x3)
+  and runs up to the largest square that fits inside the map (the script stops one short of it
+  for odd sides); when no square that fits holds enough mass the score is NaN (the script
+  returns ``None`` and then fails to unpack it).
+- :func:`top_pixels_ratio`: the fewest pixels (taken largest first) whose sum exceeds ``t * S``,
+  as a fraction of all ``H * W`` pixels: the area ratio without the centred-square shape.
+- :func:`mass_radius`: the smallest Euclidean distance ``r`` (pixels, between pixel centres)
+  such that the pixels within ``r`` of the centre hold more than ``t * S``.
+- :func:`mean_distance`: the mass-weighted mean Euclidean distance from the centre,
+  ``sum(M * d) / S``: the receptive-field counterpart of the mean attention distance
+  (Dosovitskiy et al. 2020, Fig. 7), which weights pixel distances by attention the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.5, 0.99)
+
+
+def _checked(contribution: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
+    data = np.asarray(contribution, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"a contribution map is 2-D (H, W), got shape {data.shape}")
+    if (data < 0).any() or not np.isfinite(data).all():
+        raise ValueError("a contribution map must be finite and non-negative")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"a mass threshold lies in (0, 1), got {threshold}")
+    total = float(data.sum())
+    if total <= 0.0:
+        raise ValueError("the contribution map is all zeros: there is no mass to locate")
+    return data, total
+
+
+def centre(shape: tuple[int, int]) -> tuple[int, int]:
+    """The centre pixel (row, column) of a map: ``(H // 2, W // 2)``."""
+    return shape[0] // 2, shape[1] // 2
+
+
+def square_masses(contribution: np.ndarray) -> np.ndarray:
+    """Sum of the centred ``(2i + 1)``-square for every ``i`` whose square fits in the map."""
+    data, _ = _checked(contribution)
+    h, w = data.shape
+    cy, cx = centre((h, w))
+    largest = min(cy, cx, h - 1 - cy, w - 1 - cx)
+    padded = np.zeros((h + 1, w + 1))
+    padded[1:, 1:] = data.cumsum(0).cumsum(1)
+    i = np.arange(largest + 1)
+    top, bottom, left, right = cy - i, cy + i + 1, cx - i, cx + i + 1
+    return (padded[bottom, right] - padded[top, right] - padded[bottom, left]
+            + padded[top, left])
+
+
+def centred_square(contribution: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(side in pixels, area ratio) of the smallest centred square holding more than
+    ``threshold`` of the map's mass (RepLKNet's high-contribution area ratio); NaNs when no
+    square that fits inside the map does."""
+    data, total = _checked(contribution, threshold)
+    above = np.nonzero(square_masses(data) > threshold * total)[0]
+    if above.size == 0:
+        return math.nan, math.nan
+    side = 2 * int(above[0]) + 1
+    return float(side), side * side / data.size
+
+
+def top_pixels_ratio(contribution: np.ndarray, threshold: float) -> float:
+    """Fraction of the map's pixels needed, largest values first, to hold more than
+    ``threshold`` of its mass."""
+    data, total = _checked(contribution, threshold)
+    cumulative = np.cumsum(np.sort(data, axis=None)[::-1])
+    count = int(np.searchsorted(cumulative, threshold * total, side="right")) + 1
+    return min(count, data.size) / data.size
+
+
+def distances(shape: tuple[int, int]) -> np.ndarray:
+    """Euclidean distance in pixels of every pixel centre from the map's centre pixel."""
+    cy, cx = centre(shape)
+    rows = np.arange(shape[0])[:, None] - cy
+    cols = np.arange(shape[1])[None, :] - cx
+    return np.sqrt(rows * rows + cols * cols)
+
+
+def mass_radius(contribution: np.ndarray, threshold: float) -> float:
+    """The smallest distance from the centre within which the map holds more than
+    ``threshold`` of its mass (pixels at exactly that distance included)."""
+    data, total = _checked(contribution, threshold)
+    radius = distances(data.shape).ravel()
+    order = np.argsort(radius, kind="stable")
+    radius, cumulative = radius[order], np.cumsum(data.ravel()[order])
+    # the mass within r counts every pixel at distance r: use the last index of each tie
+    last_of_tie = np.r_[radius[1:] != radius[:-1], True]
+    radius, cumulative = radius[last_of_tie], cumulative[last_of_tie]
+    index = int(np.argmax(cumulative > threshold * total))
+    return float(radius[index])
+
+
+def mean_distance(contribution: np.ndarray) -> float:
+    """Mass-weighted mean Euclidean distance (pixels) from the map's centre."""
+    data, total = _checked(contribution)
+    return float((data * distances(data.shape)).sum() / total)

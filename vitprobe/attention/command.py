@@ -1,0 +1,154 @@
+"""``python -m vitprobe attention``: where each model looks, and how far its heads see."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from vitprobe.attention.attributions import ATTRIBUTION_METHODS, attributions
+from vitprobe.attention.capture import attention_maps, select
+from vitprobe.attention.distance import mean_attention_distance
+from vitprobe.attention.figures import distance_figure, overlay_figure, raw_attention_figure
+from vitprobe.attention.gradient_rollout import gradient_rollout
+from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.rollout import HEAD_FUSIONS, attention_rollout
+from vitprobe.attention.sites import attention_model
+from vitprobe.command import Command, RunContext
+from vitprobe.data.batches import Batches
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel
+
+ATTENTION_METHODS = ("rollout", "grad-rollout", "raw")
+MAX_GRID = 6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("attention")
+    group.add_argument("--method", choices=ATTENTION_METHODS + ATTRIBUTION_METHODS, default="rollout",
+                       help="map drawn for ViTs (default: rollout); models without attention get "
+                            "Grad-CAM for rollout/grad-rollout/raw, else the captum method asked for")
+    group.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean",
+                       help="how rollout fuses heads (default: mean)")
+    group.add_argument("--discard", type=float, default=0.0, metavar="R",
+                       help="rollout: fraction of the lowest patch entries dropped per row (default: 0)")
+    group.add_argument("--start-layer", type=int, default=0, metavar="L",
+                       help="first layer rolled out (default: 0)")
+    group.add_argument("--source", choices=("cls", "dist", "both"), default="cls",
+                       help="token whose rollout map is drawn (default: cls)")
+    group.add_argument("--layers", type=int, nargs="+", metavar="L",
+                       help="layers of the raw-attention grid (default: all, at most 6)")
+    group.add_argument("--heads", type=int, nargs="+", metavar="H",
+                       help="heads of the raw-attention grid (default: all, at most 6)")
+    group.add_argument("--query", type=int, nargs=2, metavar=("ROW", "COL"),
+                       help="query patch of the raw-attention grid (default: the centre patch)")
+    group.add_argument("--images", nargs="+", metavar="FILE",
+                       help="image files to explain instead of --data")
+
+
+def _data(ctx: RunContext, model: LoadedModel) -> Batches:
+    if not ctx.args.images:
+        return ctx.data(model)
+    from vitprobe.data import load_data
+
+    batches = load_data(ctx.args.images, model, num_images=None, batch_size=ctx.batch_size,
+                        seed=ctx.args.seed, device=ctx.device)
+    ctx.datasets[model.label] = batches
+    return batches
+
+
+def _display(model: LoadedModel, images: torch.Tensor) -> np.ndarray:
+    """Preprocessed images back in [0, 1] for drawing."""
+    mean = torch.tensor(model.data_config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(model.data_config["std"]).view(1, -1, 1, 1)
+    return (images.detach().cpu() * std + mean).clamp(0, 1).numpy()
+
+
+def _has_attention(model: LoadedModel) -> bool:
+    try:
+        attention_model(model)
+    except UserError:
+        return False
+    return True
+
+
+def _some(indices: list[int] | None, count: int, what: str) -> list[int]:
+    chosen = select(indices, count, what)
+    if indices is None and count > MAX_GRID:
+        chosen = sorted({round(i * (count - 1) / (MAX_GRID - 1)) for i in range(MAX_GRID)})
+    return chosen
+
+
+def _vit_map(model: LoadedModel, data: Batches, args: argparse.Namespace) -> SaliencyMaps:
+    if args.method == "rollout":
+        return attention_rollout(model, data, head_fusion=args.head_fusion, discard_ratio=args.discard,
+                                 start_layer=args.start_layer, source=args.source)
+    if args.method == "grad-rollout":
+        return gradient_rollout(model, data, start_layer=args.start_layer, source=args.source)
+    if args.method == "raw":  # the source token's attention in the last layer, heads averaged
+        maps = attention_maps(model, data, layers=[-1])
+        source, layer = ("cls" if args.source == "both" else args.source), maps.layers[0]
+        mean = np.mean([maps.query_map(layer, head, source) for head in maps.heads], axis=0)
+        return SaliencyMaps(model=model.label, method="raw_attention", maps=mean[:, None],
+                            sources=[source], input_size=tuple(data[0][0].shape[-2:]),
+                            targets=np.full(len(mean), -1), options={"layer": layer})
+    return attributions(model, data, method=args.method)
+
+
+def run(ctx: RunContext) -> None:
+    args = ctx.args
+    if not 0.0 <= args.discard < 1.0:
+        raise UserError(f"--discard must be in [0, 1), got {args.discard}")
+    panels: list[SaliencyMaps] = []
+    distances = []
+    display = None
+    for model in ctx.models():
+        data = _data(ctx, model)
+        if display is None:
+            display = _display(model, data[0][0])
+        if _has_attention(model):
+            result = _vit_map(model, data, args)
+            distance = mean_attention_distance(model, data)
+            ctx.add_rows(distance.to_frame())
+            distances.append(distance)
+            amodel = attention_model(model)
+            layers = _some(args.layers, amodel.num_layers, "layer")
+            heads = _some(args.heads, amodel.num_heads, "head")
+            first = data[0][0][:1]
+            raw = attention_maps(model, first, layers=layers, heads=heads)
+            query = tuple(args.query) if args.query else (raw.layout.grid[0] // 2, raw.layout.grid[1] // 2)
+            ctx.save_figure(raw_attention_figure(raw, _display(model, first)[0], query),
+                            f"raw_attention_{_safe(model.label)}")
+        else:
+            method = args.method if args.method in ATTRIBUTION_METHODS else "gradcam"
+            ctx.log(f"{model.label} has no attention layers: captum {method} instead")
+            result = attributions(model, data, method=method)
+        ctx.add_rows(result.to_frame())
+        panels.append(result)
+        ctx.log(f"{model.label}: {result.method} maps of {len(result.maps)} images")
+    table = ctx.table()
+    if not table.empty:
+        shown = table[table.metric.isin(["mean_attention_distance"])]
+        if not shown.empty:
+            summary = (shown.groupby(["model", "layer"], as_index=False)["value"].mean()
+                       .rename(columns={"value": "mean_over_heads_px"}))
+            ctx.print_table(summary)
+    ctx.save_figure(overlay_figure(display, panels), "attention_overlay")
+    if distances:
+        ctx.save_figure(distance_figure(distances), "attention_distance")
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
+
+
+COMMANDS = [Command(
+    name="attention",
+    help="attention rollout / gradient rollout / raw maps, mean attention distance per head, "
+         "and captum maps (Grad-CAM for CNNs) side by side",
+    add_arguments=add_arguments,
+    run=run,
+    default_num_images=32,
+    default_batch_size=32,
+)]

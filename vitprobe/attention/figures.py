@@ -1,0 +1,98 @@
+"""Figures: maps over images side by side per model, raw attention of one query patch per
+layer and head, and mean attention distance against depth with the uniform baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from vitprobe.attention.capture import AttentionMaps  # noqa: E402
+from vitprobe.attention.distance import AttentionDistance  # noqa: E402
+from vitprobe.attention.maps import SaliencyMaps  # noqa: E402
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+def _show(ax, image: np.ndarray) -> None:
+    ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def overlay_figure(images: np.ndarray, results: Sequence[SaliencyMaps], max_images: int = 4,
+                   source: int = 0):
+    """Rows: images (displayable, (n, 3, H, W) in [0, 1]); columns: the image, then each
+    result's map (first ``source``) upsampled and overlaid, one column per model."""
+    n = min(max_images, len(images))
+    fig, axes = plt.subplots(n, 1 + len(results), figsize=(1.9 * (1 + len(results)), 1.9 * n),
+                             squeeze=False)
+    for row in range(n):
+        _show(axes[row, 0], images[row])
+        for col, result in enumerate(results, start=1):
+            ax = axes[row, col]
+            _show(ax, images[row])
+            heat = result.upsampled(tuple(images.shape[-2:]))[row, min(source, len(result.sources) - 1)]
+            ax.imshow(_unit(heat), cmap="jet", alpha=0.5, interpolation="bilinear")
+            if row == 0:
+                ax.set_title(f"{result.model}\n{result.method}", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def raw_attention_figure(maps: AttentionMaps, image: np.ndarray, query: tuple[int, int],
+                         image_index: int = 0):
+    """A grid of raw attention maps (rows: layers, columns: heads) of one query patch of one
+    image, with the image and the query patch outlined in the first column."""
+    layout = maps.layout
+    fig, axes = plt.subplots(len(maps.layers), 1 + len(maps.heads),
+                             figsize=(1.6 * (1 + len(maps.heads)), 1.6 * len(maps.layers)), squeeze=False)
+    ph, pw = image.shape[-2] / layout.grid[0], image.shape[-1] / layout.grid[1]
+    for i, layer in enumerate(maps.layers):
+        _show(axes[i, 0], image)
+        axes[i, 0].add_patch(Rectangle((query[1] * pw - 0.5, query[0] * ph - 0.5), pw, ph,
+                                       fill=False, edgecolor="red", linewidth=1.5))
+        axes[i, 0].set_ylabel(f"layer {layer}", fontsize=8)
+        for j, head in enumerate(maps.heads):
+            ax = axes[i, j + 1]
+            ax.imshow(maps.query_map(layer, head, query)[image_index], cmap="viridis",
+                      interpolation="nearest")
+            ax.add_patch(Rectangle((query[1] - 0.5, query[0] - 0.5), 1, 1, fill=False,
+                                   edgecolor="red", linewidth=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"head {head}", fontsize=8)
+    fig.suptitle(f"{maps.model}: attention of patch {query}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def distance_figure(results: Sequence[AttentionDistance]):
+    """One panel per model: mean attention distance (renormalised, pixels) against depth, one
+    point per head with its confidence interval, and the uniform-attention baseline."""
+    fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.0), squeeze=False,
+                             sharey=True)
+    for ax, result in zip(axes[0], results):
+        mean, low, high = result.summary()
+        layers, heads = mean.shape
+        for head in range(heads):
+            x = np.arange(layers) + (head - (heads - 1) / 2) * 0.08
+            ax.errorbar(x, mean[:, head], yerr=[mean[:, head] - low[:, head], high[:, head] - mean[:, head]],
+                        fmt="o", markersize=3, linewidth=0.8, capsize=1.5, label=f"head {head}")
+        ax.axhline(result.baseline, color="grey", linestyle="--", linewidth=1, label="uniform")
+        ax.set(xlabel="layer", title=result.model, xticks=range(layers))
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("mean attention distance (px)")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,126 @@
+"""Recipes: bad recipes end with one clear line and exit status 2; good ones become argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vitprobe.cli import main
+from vitprobe.studies.recipe import line_of, parse_recipe
+from vitprobe.studies.runner import analysis_argv, analysis_settings
+
+GOOD = """\
+[study]
+name = "tiny"
+models = ["demo:vit", "demo:resnet"]
+num_images = 32
+seed = 3
+
+[evaluate]
+topk = [1, 2]
+ece_bins = 10
+
+[throughput]
+models = ["demo:vit"]
+channels-last = true
+compile = false
+steps = 4
+input_size = [24, 20]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def _run_error(path: Path, capsys) -> str:
+    code = main(["run", str(path), "--out", str(path.parent / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err  # one line, never a traceback
+    return err
+
+
+def test_good_recipe_becomes_command_lines(tmp_path: Path) -> None:
+    recipe = parse_recipe(_write(tmp_path, GOOD))
+    assert [a.command for a in recipe.analyses] == ["evaluate", "throughput"]
+    out = tmp_path / "out"
+    evaluate, throughput = (analysis_argv(a.command, analysis_settings(recipe, a), out)
+                            for a in recipe.analyses)
+    assert evaluate == ["evaluate", "--model", "demo:vit", "--model", "demo:resnet",
+                        "--num-images", "32", "--seed", "3", "--topk", "1", "2",
+                        "--ece-bins", "10", "--data", "shapes", "--out", str(out)]
+    assert throughput == ["throughput", "--model", "demo:vit", "--num-images", "32", "--seed", "3",
+                          "--channels-last", "--steps", "4", "--input-size", "24", "20",
+                          "--data", "shapes", "--out", str(out)]
+
+
+@pytest.mark.parametrize("text,expected", [
+    (GOOD.replace("[throughput]", "[throughputt]"),
+     "recipe.toml:11: [throughputt] is not an analysis (did you mean 'throughput'?)"),
+    (GOOD.replace("steps = 4", 'steps = "many"'),
+     "recipe.toml:15: [throughput] steps expects an integer, got 'many'"),
+    (GOOD.replace("steps = 4", "stepz = 4"),
+     "recipe.toml:15: [throughput] has no setting 'stepz' (did you mean 'steps'?)"),
+    (GOOD.replace("compile = false", "compile = 1"),
+     "recipe.toml:14: [throughput] compile expects true or false"),
+    (GOOD.replace("input_size = [24, 20]", "input_size = [24]"),
+     "recipe.toml:16: [throughput] input_size takes 2 values, got 1"),
+    (GOOD + 'precision = "fp8"\n',
+     "recipe.toml:17: [throughput] precision must be one of fp32, bf16, fp16, got 'fp8'"),
+    (GOOD.replace('models = ["demo:vit", "demo:resnet"]\n', ""),
+     "recipe.toml:1: [study] models must be a non-empty list of model specs"),
+    (GOOD.replace('models = ["demo:vit", "demo:resnet"]', "models = []"),
+     "recipe.toml:3: [study] models must be a non-empty list of model specs"),
+    (GOOD.replace("seed = 3", "sed = 3"), "recipe.toml:5: [study] has no setting 'sed'"),
+    (GOOD.replace("steps = 4", "steps = 4 4"), "not valid TOML: Expected newline or end of document"
+                                               " after a statement (at line 15"),
+    (GOOD + "out = 'elsewhere'\n", "recipe.toml:17: [throughput] has no setting 'out'"),
+    ("[evaluate]\n", "a recipe needs a [study] section"),
+])
+def test_bad_recipes_fail_with_one_line_naming_the_place(tmp_path, capsys, text, expected) -> None:
+    err = _run_error(_write(tmp_path, text), capsys)
+    assert err.startswith("vitprobe run: error: ")
+    assert expected in err
+
+
+def test_missing_recipe_file(tmp_path, capsys) -> None:
+    assert "no recipe at" in _run_error(tmp_path / "absent.toml", capsys)
+
+
+def test_missing_weights_and_data_are_named_together(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.delenv("VITPROBE_TEST_VAL", raising=False)
+    text = """\
+[study]
+models = ["resnet18.a1_in1k"]
+data_env = "VITPROBE_TEST_VAL"
+data_help = "ImageNet validation images, one subfolder per class"
+[evaluate]
+"""
+    path = _write(tmp_path, text)
+    err = _run_error(path, capsys)
+    assert "needs data (ImageNet validation images, one subfolder per class)" in err
+    assert "set VITPROBE_TEST_VAL" in err
+    monkeypatch.setenv("VITPROBE_TEST_VAL", str(tmp_path / "no-such-folder"))
+    err = _run_error(path, capsys)
+    assert "no-such-folder' (from $VITPROBE_TEST_VAL) does not exist" in err
+    assert "no weights for resnet18.a1_in1k" in err
+
+
+def test_shipped_recipes_parse() -> None:
+    folder = Path(__file__).resolve().parents[1] / "analyses"
+    recipes = sorted(folder.glob("*.toml"))
+    assert any(p.name == "demo.toml" for p in recipes)
+    for path in recipes:
+        assert parse_recipe(path).analyses
+
+
+def test_line_of_finds_sections_and_keys() -> None:
+    text = '[study]\nmodels = ["a"]\n\n["receptive-field"]\n  layers = 3\n'
+    assert line_of(text, "receptive-field") == 4
+    assert line_of(text, "receptive-field", "layers") == 5
+    assert line_of(text, "study", "layers") is None

@@ -1,0 +1,228 @@
+"""``report``: one wide table (models x metrics) from the tidy CSVs of one or more runs.
+
+Each metric column holds one value per model, with its uncertainty where the tidy rows
+carry one: half the width of [ci_low, ci_high], or the standard error (``stderr`` or
+``std_error``). A metric with several rows per model (one per ``k``, ``layer``, ``dtype``,
+...) is split into one column per value of the columns that tell those rows apart, e.g.
+``eigenvalue[k=2]``; by default only the metrics with one row per model are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitprobe.errors import UserError
+
+REPORT_ORDER = ("throughput", "evaluate", "sharpness", "landscape", "receptive-field", "attention")
+STDERR_COLUMNS = ("stderr", "std_error")
+NOT_QUALIFIERS = {"run", "analysis", "model", "metric", "value", "ci_low", "ci_high",
+                  *STDERR_COLUMNS}
+PARAMS = "params (M)"
+
+
+@dataclass
+class WideTable:
+    """``values`` and ``errors`` (NaN where none) indexed by row label, one column per metric.
+
+    ``kinds`` says per column what its error is: "ci" (half-width) or "stderr".
+    """
+
+    values: pd.DataFrame
+    errors: pd.DataFrame
+    kinds: dict[str, str]
+
+
+def _order(path: Path) -> tuple[int, str]:
+    rank = REPORT_ORDER.index(path.stem) if path.stem in REPORT_ORDER else len(REPORT_ORDER)
+    return rank, path.stem
+
+
+def read_runs(dirs: list[Path]) -> pd.DataFrame:
+    """Every tidy CSV (with model, metric, value columns) of every run folder, stacked."""
+    frames = []
+    for folder in dirs:
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder of vitprobe results")
+        for path in sorted(folder.glob("*.csv"), key=_order):
+            frame = pd.read_csv(path)
+            if {"model", "metric", "value"} <= set(frame.columns):
+                frames.append(frame.assign(run=str(folder), analysis=path.stem))
+    if not frames:
+        raise UserError(f"no tidy CSVs (with model, metric and value columns) in "
+                        f"{', '.join(map(str, dirs))}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_parameters(dirs: list[Path]) -> dict[str, int]:
+    """Parameter counts by model label, from the runs' JSON sidecars."""
+    counts: dict[str, int] = {}
+    for folder in dirs:
+        for path in sorted(folder.glob("*.json")):
+            try:
+                meta = json.loads(path.read_text())
+            except ValueError:
+                continue
+            for model in meta.get("models", []) if isinstance(meta, dict) else []:
+                if isinstance(model, dict) and model.get("parameters") is not None:
+                    counts[model["label"]] = int(model["parameters"])
+    return counts
+
+
+def _uncertainty(rows: pd.DataFrame) -> tuple[pd.Series, str | None]:
+    for name in STDERR_COLUMNS:
+        if name in rows and rows[name].notna().any():
+            return rows[name].astype(float), "stderr"
+    if {"ci_low", "ci_high"} <= set(rows.columns) and rows["ci_low"].notna().any():
+        return (rows["ci_high"] - rows["ci_low"]).astype(float) / 2, "ci"
+    return pd.Series(np.nan, index=rows.index), None
+
+
+def _qualifiers(rows: pd.DataFrame) -> list[str]:
+    """Columns whose values differ between rows of the same model (and run)."""
+    candidates = [c for c in rows.columns if c not in NOT_QUALIFIERS and rows[c].notna().any()]
+    groups = rows.groupby(["run", "model"], sort=False)
+    return [c for c in candidates if (groups[c].nunique(dropna=False) > 1).any()]
+
+
+def _label(metric: str, qualifiers: list[str], row: pd.Series) -> str:
+    if not qualifiers:
+        return metric
+    parts = []
+    for column in qualifiers:
+        value = row[column]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        parts.append(f"{column}={value}")
+    return f"{metric}[{','.join(parts)}]"
+
+
+def _row_labels(cells: pd.DataFrame) -> pd.Series:
+    """Model labels; a model measured in several runs for the same column gets '(run)'."""
+    runs = cells.groupby(["model", "column"])["run"].nunique()
+    clashing = set(runs[runs > 1].index.get_level_values("model"))
+    return cells.apply(lambda c: f"{c['model']} ({c['run']})" if c["model"] in clashing
+                       else c["model"], axis=1)
+
+
+def pivot(frame: pd.DataFrame, metrics: list[str] | None = None,
+          parameters: dict[str, int] | None = None) -> WideTable:
+    """Models as rows, metrics as columns; ``metrics`` picks (and orders) the metrics.
+
+    A metric may be named ``metric`` or ``analysis:metric`` (when two analyses share a
+    metric name, their columns are labelled that way).
+    """
+    owners = frame.groupby("metric")["analysis"].nunique()
+    frame = frame.assign(name=[f"{a}:{m}" if owners[m] > 1 else m
+                               for a, m in zip(frame["analysis"], frame["metric"])])
+    available = list(dict.fromkeys(frame["name"]))
+    if metrics:
+        unknown = [m for m in metrics if m not in available]
+        if unknown:
+            raise UserError(f"no metric {', '.join(map(repr, unknown))} in these runs; "
+                            f"metrics: {', '.join(available)}")
+        chosen = list(dict.fromkeys(metrics))
+    else:
+        per_model = frame.groupby(["name", "run", "model"]).size().groupby("name").max()
+        chosen = [m for m in available if per_model[m] == 1]
+    cells, kinds = [], {}
+    for name in chosen:
+        rows = frame[frame["name"] == name]
+        errors, kind = _uncertainty(rows)
+        qualifiers = _qualifiers(rows)
+        labels = [_label(name, qualifiers, row) for _, row in rows.iterrows()]
+        cells.append(pd.DataFrame({"run": rows["run"], "model": rows["model"], "column": labels,
+                                   "value": rows["value"].astype(float), "error": errors}))
+        if kind:
+            kinds.update({label: kind for label in labels})
+    table = pd.concat(cells, ignore_index=True)
+    table["row"] = _row_labels(table)
+    rows_order = list(dict.fromkeys(table["row"]))
+    columns_order = list(dict.fromkeys(table["column"]))
+    values = table.pivot_table(index="row", columns="column", values="value", aggfunc="last",
+                               dropna=False)
+    errors = table.pivot_table(index="row", columns="column", values="error", aggfunc="last",
+                               dropna=False)
+    values = values.reindex(index=rows_order, columns=columns_order)
+    errors = errors.reindex(index=rows_order, columns=columns_order)
+    if parameters:
+        models = table.drop_duplicates("row").set_index("row")["model"]
+        counts = [parameters.get(models[row]) for row in rows_order]
+        if any(c is not None for c in counts):
+            values.insert(0, PARAMS, [c / 1e6 if c is not None else np.nan for c in counts])
+            errors.insert(0, PARAMS, np.nan)
+    values.index.name = errors.index.name = "model"
+    values.columns.name = errors.columns.name = None
+    return WideTable(values, errors, kinds)
+
+
+def format_cell(value: float, error: float = math.nan, latex: bool = False) -> str:
+    """``value ± error`` with the error to two significant digits, else 4 significant digits."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if error is not None and math.isfinite(error) and error > 0:
+        decimals = max(0, 1 - math.floor(math.log10(error)))
+        pm = r" \pm " if latex else " ± "
+        text = f"{value:.{decimals}f}{pm}{error:.{decimals}f}"
+        return f"${text}$" if latex else text
+    return f"{value:.4g}"
+
+
+def legend(table: WideTable) -> str:
+    """What ± means in each column."""
+    parts = []
+    for kind, words in (("ci", "half-width of the confidence interval"), ("stderr", "standard error")):
+        columns = [c for c, k in table.kinds.items() if k == kind and c in table.values.columns]
+        if columns:
+            parts.append(f"{words} for {', '.join(columns)}")
+    return "± is the " + "; the ".join(parts) + "." if parts else ""
+
+
+def to_csv(table: WideTable) -> str:
+    """Numbers unformatted; each column with an uncertainty is followed by ``<column>_err``."""
+    out = pd.DataFrame(index=table.values.index)
+    for column in table.values.columns:
+        out[column] = table.values[column]
+        if table.errors[column].notna().any():
+            out[f"{column}_err"] = table.errors[column]
+    return out.reset_index().to_csv(index=False)
+
+
+def _cells(table: WideTable, latex: bool = False) -> list[list[str]]:
+    return [[str(row)] + [format_cell(table.values.at[row, c], table.errors.at[row, c], latex)
+                          for c in table.values.columns] for row in table.values.index]
+
+
+def to_markdown(table: WideTable) -> str:
+    header = ["model", *table.values.columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(table)]
+    note = legend(table)
+    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char in ("&", "%", "$", "#", "_"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def to_latex(table: WideTable) -> str:
+    """A booktabs tabular; ± in math mode."""
+    header = ["model", *table.values.columns]
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    for cells in _cells(table, latex=True):
+        lines.append(" & ".join([_latex_escape(cells[0]), *cells[1:]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = legend(table)
+    return "\n".join(lines) + ("\n% " + note if note else "") + "\n"
+
+
+FORMATTERS = {"csv": (to_csv, "csv"), "markdown": (to_markdown, "md"), "latex": (to_latex, "tex")}

@@ -1,0 +1,187 @@
+"""Study recipes: a TOML file naming models, data, and the analyses with their settings.
+
+::
+
+    [study]
+    name = "demo"
+    models = ["demo:vit", "demo:resnet"]
+    data = "shapes"              # or data_env = "IMAGENET_VAL": a folder named by the environment
+    num_images = 256             # any shared option: num_images, batch_size, seed, device, ...
+    [study.gallery]              # figures copied to the top of the out folder
+    "sharpness.png" = "figures/sharpness*.png"
+
+    [sharpness]                  # one section per analysis, keys = that command's options
+    top_k = 3                    # --top-k 3; lists give several values; true/false for flags
+    models = ["demo:vit"]        # shared options may be overridden per analysis
+
+Sections run in file order. Errors name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitprobe.errors import UserError
+from vitprobe.studies.options import check_value, command_parsers, find_action, recipe_keys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ANALYSES = ("evaluate", "throughput", "sharpness", "attention", "receptive-field", "landscape")
+STUDY_KEYS = ("name", "description", "models", "data", "data_env", "data_help", "gallery")
+SHARED_KEYS = ("num_images", "batch_size", "seed", "device", "format", "allow_download",
+               "trust_checkpoint")
+
+
+@dataclass
+class Analysis:
+    """One section: a command and the recipe keys given to it."""
+
+    command: str
+    settings: dict[str, Any]
+    available: bool = True
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    description: str
+    models: list[str]
+    data: str | None
+    data_env: str | None
+    data_help: str | None
+    shared: dict[str, Any]
+    analyses: list[Analysis]
+    gallery: dict[str, str] = field(default_factory=dict)
+
+    def resolve_data(self) -> str:
+        """The data spec: ``$<data_env>`` when set, else ``data``; a UserError if neither."""
+        if self.data_env and os.environ.get(self.data_env):
+            return os.environ[self.data_env]
+        if self.data:
+            return self.data
+        need = f" ({self.data_help})" if self.data_help else ""
+        raise UserError(f"{self.path} needs data{need}: set {self.data_env} to its folder "
+                        "or pass --data")
+
+
+class RecipeError(UserError):
+    """A recipe that cannot be run as written: ``path:line: message``."""
+
+
+def line_of(text: str, section: str, key: str | None = None) -> int | None:
+    """1-based line of ``[section]`` (or of ``key`` inside it) in the TOML source."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*\"?([^\]\"]+?)\"?\s*\]", stripped)
+        if header:
+            current = header.group(1).strip()
+            if key is None and current == section:
+                return number
+            continue
+        if key is not None and current == section and re.match(
+                rf"\"?{re.escape(key)}\"?\s*=", stripped):
+            return number
+    return None
+
+
+def _error(path: Path, text: str, message: str, section: str, key: str | None = None) -> RecipeError:
+    line = line_of(text, section, key)
+    return RecipeError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(path: Path, text: str, section: str, values: dict[str, Any],
+                parser: argparse.ArgumentParser, allowed: list[str]) -> None:
+    for key, value in values.items():
+        action = find_action(parser, key) if key in allowed or key.replace("-", "_") in allowed \
+            else None
+        if action is None:
+            raise _error(path, text, f"[{section}] has no setting {key!r}{_suggest(key, allowed)}; "
+                         f"settings: {', '.join(allowed)}", section, key)
+        problem = check_value(action, value)
+        if problem:
+            raise _error(path, text, f"[{section}] {key} {problem}", section, key)
+
+
+def parse_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe; a :class:`RecipeError` names the bad line and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"no recipe at {path}")
+    text = path.read_text()
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: not valid TOML: {error}") from None
+    study = document.get("study")
+    if not isinstance(study, dict):
+        raise RecipeError(f"{path}: a recipe needs a [study] section with its models")
+    parsers = command_parsers()
+    shared_parser = next(iter(parsers.values()))  # every command has the shared options
+
+    for key in study:
+        if key not in STUDY_KEYS and key not in SHARED_KEYS:
+            raise _error(path, text, f"[study] has no setting {key!r}"
+                         f"{_suggest(key, [*STUDY_KEYS, *SHARED_KEYS])}; settings: "
+                         f"{', '.join((*STUDY_KEYS, *SHARED_KEYS))}", "study", key)
+    models = study.get("models")
+    if (not isinstance(models, list) or not models
+            or not all(isinstance(m, str) and m.strip() for m in models)):
+        raise _error(path, text, "[study] models must be a non-empty list of model specs",
+                     "study", "models" if "models" in study else None)
+    for key in ("name", "description", "data", "data_env", "data_help"):
+        if key in study and not isinstance(study[key], str):
+            raise _error(path, text, f"[study] {key} must be a string", "study", key)
+    gallery = study.get("gallery", {})
+    if not isinstance(gallery, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in gallery.items()):
+        raise _error(path, text, "[study.gallery] must map file names to glob patterns",
+                     "study", "gallery")
+    shared = {k: v for k, v in study.items() if k in SHARED_KEYS}
+    _check_keys(path, text, "study", shared, shared_parser, list(SHARED_KEYS))
+
+    known = sorted(set(ANALYSES) | (set(parsers) - {"run", "report", "demo"}))
+    analyses = []
+    for section, settings in document.items():
+        if section == "study":
+            continue
+        if section not in known:
+            raise _error(path, text, f"[{section}] is not an analysis{_suggest(section, known)}; "
+                         f"analyses: {', '.join(known)}", section)
+        if not isinstance(settings, dict):
+            raise _error(path, text, f"{section} must be a [section] of settings", section, section)
+        if section not in parsers:  # an analysis this installation lacks: reported when run
+            analyses.append(Analysis(section, dict(settings), available=False))
+            continue
+        _check_keys(path, text, section, settings, parsers[section], recipe_keys(parsers[section]))
+        analyses.append(Analysis(section, dict(settings)))
+    if not analyses:
+        raise RecipeError(f"{path}: no analyses: add a section such as [evaluate]")
+    return Recipe(
+        path=path,
+        name=study.get("name", path.stem),
+        description=study.get("description", ""),
+        models=[m.strip() for m in models],
+        data=study.get("data", None if "data_env" in study else "shapes"),
+        data_env=study.get("data_env"),
+        data_help=study.get("data_help"),
+        shared=shared,
+        analyses=analyses,
+        gallery=dict(gallery),
+    )

@@ -1,0 +1,170 @@
+"""Run a recipe: each analysis through ``vitprobe.cli.main`` into one out folder, resumably.
+
+An analysis is skipped when its ``<command>.json`` sidecar in the out folder says
+``"status": "complete"`` and records the same command line as the one it would run now
+(``--quiet`` aside), so a second run of a finished study does nothing, and a changed
+setting reruns just that analysis.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitprobe.errors import UserError
+from vitprobe.progress import log
+from vitprobe.report.files import atomic_write
+from vitprobe.studies.options import command_parsers, find_action, to_argv
+from vitprobe.studies.recipe import Analysis, Recipe
+
+PRESENTATION = ("--quiet",)
+
+
+@dataclass
+class Outcome:
+    """What happened to one analysis of a study."""
+
+    analysis: str
+    status: str  # "ran", "skipped", "failed", "unavailable"
+    seconds: float = 0.0
+    exit_code: int | None = None
+
+
+def analysis_settings(recipe: Recipe, analysis: Analysis,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe keys one analysis runs with.
+
+    Precedence: the recipe's [study] settings, then the analysis section, then
+    ``overrides`` (the options given to ``vitprobe run`` itself).
+    """
+    settings = {"models": recipe.models, **recipe.shared, **analysis.settings, **(overrides or {})}
+    if isinstance(settings["models"], str):
+        settings["models"] = [settings["models"]]
+    if "data" not in settings:
+        settings["data"] = recipe.resolve_data()
+    return settings
+
+
+def analysis_argv(command: str, settings: dict[str, Any], out: Path) -> list[str]:
+    """The ``vitprobe`` command line (without the program name) that runs one analysis."""
+    parser = command_parsers()[command]
+    argv = [command]
+    for key, value in settings.items():
+        argv += to_argv(find_action(parser, key), value)
+    return [*argv, "--out", str(out)]
+
+
+def _comparable(argv: list[str]) -> list[str]:
+    return [token for token in argv if token not in PRESENTATION]
+
+
+def is_complete(out: Path, command: str, argv: list[str]) -> bool:
+    """Whether ``<out>/<command>.json`` records a complete run of exactly ``argv``."""
+    sidecar = out / f"{command}.json"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    return (meta.get("status") == "complete"
+            and _comparable(meta.get("argv", [])) == _comparable(["vitprobe", *argv]))
+
+
+def check_models(specs: list[str], settings: dict[str, Any]) -> list[str]:
+    """Load each model once, before any work, and collect what is missing (one line each)."""
+    from vitprobe.models import load_model
+
+    problems = []
+    for spec in dict.fromkeys(specs):
+        try:
+            load_model(spec, allow_download=bool(settings.get("allow_download")),
+                       trust_checkpoint=bool(settings.get("trust_checkpoint")), device="cpu")
+        except UserError as error:
+            problems.append(str(error))
+    return problems
+
+
+def check_data(recipe: Recipe, data: str) -> list[str]:
+    """A one-line problem if ``data`` names a path that does not exist."""
+    if data == "shapes" or any(ch in data for ch in "*?[") or Path(data).exists():
+        return []
+    source = f" (from ${recipe.data_env})" if recipe.data_env and data != recipe.data else ""
+    return [f"data {data!r}{source} does not exist"]
+
+
+def run_recipe(recipe: Recipe, out: Path, overrides: dict[str, Any] | None = None,
+               only: list[str] | None = None, force: bool = False,
+               quiet: bool = False) -> list[Outcome]:
+    """Run the recipe's analyses into ``out``; return what happened to each.
+
+    Missing weights or data are found before anything runs, all at once, as one
+    UserError. Analyses this installation lacks are reported as "unavailable".
+    """
+    from vitprobe import cli
+
+    overrides = overrides or {}
+    chosen = [a for a in recipe.analyses if not only or a.command in only]
+    unknown = sorted(set(only or ()) - {a.command for a in recipe.analyses})
+    if unknown:
+        raise UserError(f"{recipe.path} has no analysis {', '.join(unknown)}")
+    plans, settings_run = [], []
+    for analysis in chosen:
+        if not analysis.available:
+            plans.append((analysis, None, False))
+            continue
+        try:
+            settings = analysis_settings(recipe, analysis, overrides)
+        except UserError as error:
+            raise UserError(f"{recipe.path} cannot run: {error}") from None
+        argv = analysis_argv(analysis.command, settings, out)
+        done = not force and is_complete(out, analysis.command, argv)
+        plans.append((analysis, argv, done))
+        if not done:
+            settings_run.append(settings)
+    problems = [p for data in dict.fromkeys(s["data"] for s in settings_run)
+                for p in check_data(recipe, data)]
+    problems += check_models([m for s in settings_run for m in s["models"]],
+                             {**recipe.shared, **overrides})
+    if problems:
+        raise UserError(f"{recipe.path} cannot run: " + "; ".join(problems))
+
+    outcomes = []
+    for analysis, argv, done in plans:
+        if argv is None:
+            log(f"[{analysis.command}] not available in this installation: skipped")
+            outcomes.append(Outcome(analysis.command, "unavailable"))
+        elif done:
+            log(f"[{analysis.command}] complete in {out}: skipped")
+            outcomes.append(Outcome(analysis.command, "skipped"))
+        else:
+            log(f"[{analysis.command}] vitprobe {' '.join(argv)}")
+            started = time.perf_counter()
+            try:
+                code = cli.main(argv + (["--quiet"] if quiet else []))
+            except SystemExit as exit_:  # argparse rejected the line: a recipe check missed it
+                code = int(exit_.code or 2)
+            if code == 130:  # interrupted: stop the study, keep what is finished
+                raise KeyboardInterrupt
+            seconds = time.perf_counter() - started
+            outcomes.append(Outcome(analysis.command, "ran" if code == 0 else "failed",
+                                    round(seconds, 1), code))
+    return outcomes
+
+
+def copy_gallery(recipe: Recipe, out: Path) -> list[str]:
+    """Copy each gallery figure (first match of its glob in ``out``) to ``out/<name>``.
+
+    Returns one note per gallery entry that matched nothing.
+    """
+    notes = []
+    for name, pattern in recipe.gallery.items():
+        matches = sorted(glob.glob(str(out / pattern)))
+        if not matches:
+            notes.append(f"gallery: nothing in {out} matches {pattern!r} for {name}")
+            continue
+        atomic_write(out / name, lambda tmp, source=matches[0]: shutil.copyfile(source, tmp))
+    return notes

@@ -1,0 +1,120 @@
+"""`vitprobe report`: wide tables from tidy CSVs, against hand-written expected tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitprobe.cli import main
+from vitprobe.studies.pivot import format_cell
+
+EVALUATE = """\
+model,metric,value,ci_low,ci_high,interval
+vit,top1,0.813,0.75,0.875,wilson
+resnet,top1,0.7,0.625,0.75,wilson
+"""
+THROUGHPUT = """\
+model,metric,value,device,dtype,batch
+vit,images_per_s,1234.6,cpu,fp32,64
+vit,ms_per_batch,51.84,cpu,fp32,64
+resnet,images_per_s,2345.25,cpu,fp32,64
+resnet,ms_per_batch,27.29,cpu,fp32,64
+"""
+SHARPNESS = """\
+model,metric,value,k,std_error
+vit,eigenvalue,738.8,1,
+vit,eigenvalue,512.3,2,
+resnet,eigenvalue,179.8,1,
+resnet,eigenvalue,101.5,2,
+vit,trace,10234.0,,123.4
+resnet,trace,3021.7,,45.67
+"""
+SIDECAR = {"command": "evaluate", "status": "complete",
+           "models": [{"label": "vit", "parameters": 86567656},
+                      {"label": "resnet", "parameters": 60192808}]}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    first, second = tmp_path / "run1", tmp_path / "run2"
+    first.mkdir()
+    second.mkdir()
+    (first / "evaluate.csv").write_text(EVALUATE)
+    (first / "throughput.csv").write_text(THROUGHPUT)
+    (first / "evaluate.json").write_text(json.dumps(SIDECAR))
+    (second / "sharpness.csv").write_text(SHARPNESS)
+    (second / "notes.csv").write_text("a,b\n1,2\n")  # not tidy: ignored
+    return first, second
+
+
+def _report(capsys, *args: str) -> str:
+    assert main(["report", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_default_markdown_table(runs, tmp_path, capsys) -> None:
+    first, second = runs
+    out = _report(capsys, str(first), str(second), "--out", str(tmp_path / "rep"))
+    expected = """\
+| model | params (M) | images_per_s | ms_per_batch | top1 | trace |
+|---|---:|---:|---:|---:|---:|
+| vit | 86.57 | 1235 | 51.84 | 0.813 ± 0.062 | 10234 ± 123 |
+| resnet | 60.19 | 2345 | 27.29 | 0.700 ± 0.062 | 3022 ± 46 |
+
+± is the half-width of the confidence interval for top1; the standard error for trace.
+"""
+    assert out == expected
+    assert (tmp_path / "rep" / "report.md").read_text() == expected
+
+
+def test_csv_with_picked_metrics_and_qualifiers(runs, tmp_path, capsys) -> None:
+    first, second = runs
+    out = _report(capsys, str(first), str(second), "--pivot", "eigenvalue", "top1",
+                  "--format", "csv", "--out", str(tmp_path / "rep"))
+    expected = """\
+model,params (M),eigenvalue[k=1],eigenvalue[k=2],top1,top1_err
+vit,86.567656,738.8,512.3,0.813,0.0625
+resnet,60.192808,179.8,101.5,0.7,0.0625
+"""
+    assert out == expected
+
+
+def test_latex_escapes_and_uses_math_pm(runs, tmp_path, capsys) -> None:
+    first, _ = runs
+    out = _report(capsys, str(first), "--pivot", "top1", "images_per_s", "--format", "latex",
+                  "--out", str(tmp_path / "rep"))
+    assert out.splitlines()[:4] == [r"\begin{tabular}{lrrr}", r"\toprule",
+                                    r"model & params (M) & top1 & images\_per\_s \\", r"\midrule"]
+    assert r"vit & 86.57 & $0.813 \pm 0.062$ & 1235 \\" in out
+
+
+def test_the_same_model_in_two_runs_gets_the_run_in_its_label(runs, tmp_path, capsys) -> None:
+    first, _ = runs
+    third = tmp_path / "run3"
+    third.mkdir()
+    (third / "evaluate.csv").write_text(EVALUATE.replace("0.813", "0.9"))
+    out = _report(capsys, str(first), str(third), "--pivot", "top1", "--format", "csv",
+                  "--out", str(tmp_path / "rep"))
+    rows = out.splitlines()[1:]
+    assert rows[0].startswith(f"vit ({first}),86.567656,0.813")
+    assert rows[2].startswith(f"vit ({third}),86.567656,0.9")
+
+
+def test_unknown_metric_and_empty_folder_are_user_errors(runs, tmp_path, capsys) -> None:
+    first, _ = runs
+    assert main(["report", str(first), "--pivot", "accuracy", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no metric 'accuracy'" in err and "metrics: images_per_s, ms_per_batch, top1" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    assert "no tidy CSVs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,error,text", [
+    (0.8125, 0.031, "0.812 ± 0.031"), (738.8, 12.3, "739 ± 12"), (179.8, float("nan"), "179.8"),
+    (0.5, 0.0, "0.5"), (float("nan"), 1.0, ""), (123456.0, 2.5, "123456.0 ± 2.5"),
+])
+def test_format_cell(value, error, text) -> None:
+    assert format_cell(value, error) == text

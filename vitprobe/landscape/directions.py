@@ -142,7 +142,7 @@ def _differences(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], k
     return delta
 
 
-def eigen_directions(model, batches, k: int, loss_fn=None) -> tuple[list[Direction], list[float]]:
+def eigen_directions(model, batches, k: int, loss_fn=None, seed: int = 0) -> tuple[list[Direction], list[float]]:
     """The top-``k`` Hessian eigenvectors of the mean loss, from the sharpness engine.
 
     Each eigenvector has unit norm over all parameters (so the span is a Euclidean distance in
@@ -152,7 +152,7 @@ def eigen_directions(model, batches, k: int, loss_fn=None) -> tuple[list[Directi
     from vitprobe.sharpness import hessian_spectrum
 
     options = {"loss_fn": loss_fn} if loss_fn is not None else {}
-    spectrum = hessian_spectrum(model, batches, k=k, **options)
+    spectrum = hessian_spectrum(model, batches, k=k, seed=seed, **options)
     module = getattr(model, "module", model)
     weights = _weights(module)
     directions = []

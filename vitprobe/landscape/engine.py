@@ -181,7 +181,8 @@ def _directions(kind: str, loaded: LoadedModel, batches: Batches, axes: Grid, se
     generator = torch.Generator().manual_seed(seed)
     info: dict = {}
     if kind == "eigen":
-        vectors, eigenvalues = eigen_directions(loaded, batches, k=2 if axes.two_d else 1, loss_fn=loss_fn)
+        vectors, eigenvalues = eigen_directions(loaded, batches, k=2 if axes.two_d else 1, loss_fn=loss_fn,
+                                                seed=seed)
         if len(vectors) < (2 if axes.two_d else 1):
             raise UserError("the sharpness engine returned fewer Hessian eigenvectors than the grid needs")
         first, second = vectors[0], (vectors[1] if axes.two_d else None)

@@ -109,7 +109,7 @@ def recalibrate_batchnorm(module: nn.Module, batches: Sequence[Batch]) -> None:
 def evaluate(module: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) over all images of ``batches``, in inference mode.
 
-    The loss is cross-entropy on the logits, or ``loss_fn(outputs, labels)`` returning a
+    The loss is cross-entropy on the logits (taken in float64), or ``loss_fn(outputs, labels)`` returning a
     batch mean; either way each batch counts by its number of images. Accuracy is top-1 when
     the outputs are (N, classes) logits and the labels class indices, else NaN.
     """
@@ -121,7 +121,7 @@ def evaluate(module: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None
             outputs = getattr(outputs, "logits", outputs)
             n = int(images.shape[0])
             if loss_fn is None:
-                losses.append(F.cross_entropy(outputs.float(), labels, reduction="sum").double())
+                losses.append(F.cross_entropy(outputs.double(), labels, reduction="sum"))
             else:
                 losses.append(loss_fn(outputs, labels).double() * n)
             classified = (classified and outputs.dim() == 2 and labels.dim() == 1

@@ -47,13 +47,22 @@ def test_centred_square_matches_gaussian_closed_form(shape, t):
     assert ratio == pytest.approx((2 * i + 1) ** 2 / (h * w))
 
 
-def test_centred_square_is_nan_when_no_square_fits_enough_mass():
+def test_centred_square_is_clipped_at_the_map_edge():
     data = np.zeros((9, 9))
     data[0, 0] = 1.0  # all mass in a corner: only the whole 9x9 square holds it
     assert scores.centred_square(data, 0.5) == (9.0, 1.0)
-    data = np.zeros((8, 8))  # even side: the centre is (4, 4); row 0 is outside every square
+    data = np.zeros((8, 8))  # even side: the centre is (4, 4), row 0 lies 4 rows above it
     data[0, 0] = 1.0
-    assert all(math.isnan(v) for v in scores.centred_square(data, 0.5))
+    assert scores.centred_square(data, 0.5) == (9.0, 1.0)  # 9x9 clipped to the 8x8 map
+    data = np.zeros((8, 8))
+    data[4, 7] = 1.0  # column 7 is 3 columns right of the centre: a 7x7 square, fully inside
+    assert scores.centred_square(data, 0.5) == (7.0, 49 / 64)
+    data = np.zeros((4, 10))  # centre (2, 5)
+    data[2, 0] = 1.0  # 5 columns left of the centre: 11x11 clipped to 4 rows x 10 columns
+    assert scores.centred_square(data, 0.5) == (11.0, 1.0)
+    data = np.zeros((4, 10))
+    data[2, 9] = 1.0  # 4 columns right: 9x9 clipped to 4 rows x columns 1..9
+    assert scores.centred_square(data, 0.5) == (9.0, 4 * 9 / 40)
 
 
 def replknet_get_rectangle(data: np.ndarray, thresh: float):
@@ -76,8 +85,8 @@ def test_centred_square_agrees_with_replknet_script(seed):
     for t in THRESHOLDS:
         peer = replknet_get_rectangle(data, t)
         ours = scores.centred_square(data, t)
-        if peer is None:  # the script never tries the full square of an odd map
-            assert ours[0] >= 2 * (size // 2) - 1 or math.isnan(ours[0])
+        if peer is None:  # the script stops before the square that covers the map
+            assert ours[0] >= 2 * (size // 2) - 1
         elif peer[0] > 3:  # the script starts at 3x3; we also try 1x1
             assert ours == pytest.approx(peer)
 

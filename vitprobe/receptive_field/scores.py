@@ -7,11 +7,13 @@ a threshold ``t`` in (0, 1) asks for *more than* ``t * S`` (strictly, as the scr
 
 - :func:`centred_square`: the smallest centred square of side ``2i + 1`` whose sum exceeds
   ``t * S``, as its side in pixels and its area ratio ``(2i + 1)**2 / (H * W)``. This is
-  RepLKNet's *high-contribution area ratio*. Two deliberate differences from the script's
-  ``get_rectangle``: the search starts at ``i = 0`` (a 1x1 square; the script starts at 3x3)
-  and runs up to the largest square that fits inside the map (the script stops one short of it
-  for odd sides); when no square that fits holds enough mass the score is NaN (the script
-  returns ``None`` and then fails to unpack it).
+  RepLKNet's *high-contribution area ratio*. Where both are defined the two agree; two
+  deliberate differences from the script's ``get_rectangle``: the search starts at ``i = 0``
+  (a 1x1 square; the script starts at 3x3), and it goes on past the largest square that fits
+  (where the script stops, one short of the whole map for odd sides, and returns ``None``):
+  a square reaching past the map's edge is clipped to it, its area ratio counts only the
+  pixels inside, and its side is still ``2i + 1`` (so on an even map the whole map is reached
+  at side ``H + 1``). A score therefore always exists.
 - :func:`top_pixels_ratio`: the fewest pixels (taken largest first) whose sum exceeds ``t * S``,
   as a fraction of all ``H * W`` pixels: the area ratio without the centred-square shape.
 - :func:`mass_radius`: the smallest Euclidean distance ``r`` (pixels, between pixel centres)
@@ -22,8 +24,6 @@ a threshold ``t`` in (0, 1) asks for *more than* ``t * S`` (strictly, as the scr
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -49,30 +49,33 @@ def centre(shape: tuple[int, int]) -> tuple[int, int]:
     return shape[0] // 2, shape[1] // 2
 
 
-def square_masses(contribution: np.ndarray) -> np.ndarray:
-    """Sum of the centred ``(2i + 1)``-square for every ``i`` whose square fits in the map."""
+def square_masses(contribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ``i = 0, 1, ...`` until the square covers the map: the sum of the centred
+    ``(2i + 1)``-square clipped to the map, and the number of map pixels it covers."""
     data, _ = _checked(contribution)
     h, w = data.shape
     cy, cx = centre((h, w))
-    largest = min(cy, cx, h - 1 - cy, w - 1 - cx)
+    largest = max(cy, cx, h - 1 - cy, w - 1 - cx)
     padded = np.zeros((h + 1, w + 1))
     padded[1:, 1:] = data.cumsum(0).cumsum(1)
     i = np.arange(largest + 1)
-    top, bottom, left, right = cy - i, cy + i + 1, cx - i, cx + i + 1
-    return (padded[bottom, right] - padded[top, right] - padded[bottom, left]
-            + padded[top, left])
+    top, bottom = np.maximum(cy - i, 0), np.minimum(cy + i + 1, h)
+    left, right = np.maximum(cx - i, 0), np.minimum(cx + i + 1, w)
+    masses = (padded[bottom, right] - padded[top, right] - padded[bottom, left]
+              + padded[top, left])
+    return masses, (bottom - top) * (right - left)
 
 
 def centred_square(contribution: np.ndarray, threshold: float) -> tuple[float, float]:
     """(side in pixels, area ratio) of the smallest centred square holding more than
-    ``threshold`` of the map's mass (RepLKNet's high-contribution area ratio); NaNs when no
-    square that fits inside the map does."""
+    ``threshold`` of the map's mass: RepLKNet's high-contribution area ratio (squares past the
+    map's edge are clipped to it; see the module docstring)."""
     data, total = _checked(contribution, threshold)
-    above = np.nonzero(square_masses(data) > threshold * total)[0]
-    if above.size == 0:
-        return math.nan, math.nan
-    side = 2 * int(above[0]) + 1
-    return float(side), side * side / data.size
+    masses, areas = square_masses(data)
+    # the last square covers the whole map, whose mass exceeds any threshold below 1
+    index = int(np.argmax(masses > threshold * total)) if (masses > threshold * total).any() \
+        else len(masses) - 1
+    return float(2 * index + 1), float(areas[index]) / data.size
 
 
 def top_pixels_ratio(contribution: np.ndarray, threshold: float) -> float:

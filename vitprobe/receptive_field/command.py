@@ -1,0 +1,120 @@
+"""``python -m vitprobe receptive-field``: effective and theoretical receptive fields, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pandas as pd
+
+from vitprobe.command import Command, RunContext
+from vitprobe.data.batches import Batches
+from vitprobe.models.loaded import LoadedModel
+from vitprobe.receptive_field.effective import (
+    GRADIENT_RULES,
+    SCALES,
+    SCORE_ON,
+    at_input_size,
+    default_layers,
+    effective_receptive_field,
+)
+from vitprobe.receptive_field.figures import erf_heatmaps, extent_figure
+from vitprobe.receptive_field.result import ReceptiveFieldResult
+
+SUMMARY_THRESHOLD = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("receptive field")
+    group.add_argument("--layers", nargs="+", metavar="NAME",
+                       help="module names to measure, in every model (default: each stage "
+                            "layer1..layer4 of a ResNet, each block blocks.0.. of a ViT)")
+    group.add_argument("--input-size", type=int, metavar="S",
+                       help="render/resize the images to SxS (default: the model's own size); "
+                            "a ViT runs on a copy with its position embedding resampled")
+    group.add_argument("--gradient", choices=tuple(GRADIENT_RULES), default="relu",
+                       help="element-wise rule on the input gradient before the channel sum "
+                            "(default: relu, as RepLKNet's script)")
+    group.add_argument("--scale", choices=SCALES, default="log",
+                       help="display scaling: log10(x + 1) or x ** exponent, then / max "
+                            "(default: log)")
+    group.add_argument("--exponent", type=float, default=0.5,
+                       help="exponent of --scale power (default: 0.5)")
+    group.add_argument("--objective-relu", action=argparse.BooleanOptionalAction, default=True,
+                       help="ReLU each channel of the centre unit before summing (default: on)")
+    group.add_argument("--score-on", choices=SCORE_ON, default="scaled",
+                       help="map the scores read: the scaled one (RepLKNet) or the raw mean "
+                            "gradient (default: scaled)")
+
+
+def _attention_distance(model: LoadedModel, data: Batches,
+                        size: tuple[int, int]) -> pd.DataFrame | None:
+    """Mean attention distance per layer and head of a ViT, if the attention analysis exists."""
+    try:
+        from vitprobe.attention import mean_attention_distance
+    except ImportError:
+        return None
+    return mean_attention_distance(at_input_size(model, size), data).to_frame()
+
+
+def _attention_rows(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The head-averaged mean attention distance per block, as receptive-field rows."""
+    per_layer = frame[frame["metric"] == "mean_attention_distance"].groupby("layer")["value"].mean()
+    names = default_layers(model)
+    return pd.DataFrame({
+        "model": model.label,
+        "layer": [names[i] if len(names) == len(per_layer) else str(i) for i in per_layer.index],
+        "metric": "mean_attention_distance",
+        "threshold": math.nan,
+        "value": per_layer.to_numpy(),
+    })
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per model and layer: the main numbers at threshold 0.5."""
+    wanted = table[(table["threshold"] == SUMMARY_THRESHOLD) | table["threshold"].isna()]
+    wide = wanted.pivot_table(index=["model", "layer"], columns="metric", values="value",
+                              sort=False)
+    columns = [c for c in ("theoretical_size", "theoretical_jump", "square_side",
+                           "square_area_ratio", "mass_radius", "mean_distance",
+                           "mean_attention_distance") if c in wide.columns]
+    renamed = {"square_side": "side@0.5", "square_area_ratio": "area@0.5",
+               "mass_radius": "radius@0.5"}
+    return wide[columns].rename(columns=renamed).reset_index()
+
+
+def run(ctx: RunContext) -> None:
+    args = ctx.args
+    results: list[ReceptiveFieldResult] = []
+    distances: dict[str, pd.DataFrame] = {}
+    for model in ctx.models():
+        size = (args.input_size, args.input_size) if args.input_size else model.input_size
+        data = ctx.data(model, input_size=size)
+        ctx.log(f"{model.label}: effective receptive field on {data.num_images} images at "
+                f"{size[0]}x{size[1]}")
+        result = effective_receptive_field(
+            model, data, args.layers, gradient=args.gradient, objective_relu=args.objective_relu,
+            scale=args.scale, exponent=args.exponent, score_on=args.score_on)
+        ctx.add_rows(result.to_frame())
+        results.append(result)
+        if model.family == "vit":
+            frame = _attention_distance(model, data, size)
+            if frame is not None:
+                distances[model.label] = frame
+                ctx.add_rows(_attention_rows(model, frame))
+    ctx.save_figure(erf_heatmaps(results), "receptive-field-erf")
+    ctx.save_figure(extent_figure(results, distances), "receptive-field-extent")
+    ctx.print_table(summary_table(ctx.table()))
+
+
+COMMANDS = [
+    Command(
+        name="receptive-field",
+        help="effective receptive field (RepLKNet protocol) per stage/block, its scores, the "
+             "theoretical field of CNN layers, and the mean attention distance of ViTs",
+        add_arguments=add_arguments,
+        run=run,
+        default_num_images=50,
+        default_batch_size=25,
+    )
+]

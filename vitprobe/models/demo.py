@@ -54,18 +54,20 @@ class DemoRecipe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+# AdamW and SAM take the same number of steps (SAM's cost twice as much), so that the
+# sharpness comparison is not confounded by training length.
 DEMO_ZOO: dict[str, DemoRecipe] = {
-    "vit": DemoRecipe("vit", "adamw", steps=1200, lr=1e-3),
-    "resnet": DemoRecipe("resnet", "adamw", steps=600, lr=2e-3),
-    "vit-sam": DemoRecipe("vit", "sam", steps=600, lr=1e-3, rho=0.1),
-    "resnet-sam": DemoRecipe("resnet", "sam", steps=300, lr=2e-3, rho=0.1),
+    "vit": DemoRecipe("vit", "adamw", steps=1000, lr=2e-3),
+    "resnet": DemoRecipe("resnet", "adamw", steps=500, lr=2e-3),
+    "vit-sam": DemoRecipe("vit", "sam", steps=1000, lr=2e-3, rho=0.1),
+    "resnet-sam": DemoRecipe("resnet", "sam", steps=500, lr=2e-3, rho=0.1),
 }
 
 
 def build_architecture(architecture: str) -> nn.Module:
     """The untrained timm module of a demo architecture."""
     if architecture == "vit":
-        model = VisionTransformer(img_size=RESOLUTION, patch_size=4, embed_dim=64, depth=4,
+        model = VisionTransformer(img_size=RESOLUTION, patch_size=8, embed_dim=64, depth=4,
                                   num_heads=4, mlp_ratio=2.0, num_classes=len(CLASS_NAMES))
     elif architecture == "resnet":
         model = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), stem_width=16,

@@ -1,0 +1,204 @@
+"""The Hessian of the mean loss as a linear operator (curvlinops style: ``matvec``, ``to_scipy``).
+
+H = (1/N) sum_b n_b * Hessian(mean loss of batch b), over a fixed set of images, model in eval
+mode, attention on the math path. A Hessian-vector product is a double backward (Pearlmutter 1994):
+g = grad(L, w, create_graph=True), then Hv = grad(g, w, grad_outputs=v). When memory allows the
+per-batch gradient graphs are kept after the first pass, so each product costs one extra backward
+instead of a forward, a backward and a double backward per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitprobe import distributed
+from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.sharpness.loss import (LossFn, analysis_mode, batch_loss, cross_entropy, device_of,
+                                     local_share)
+from vitprobe.sharpness.vectors import ParamFilter, flatten, select_parameters, unflatten
+
+KeepGraphs = Literal["auto"] | bool
+MEMORY_FRACTION = 0.5
+
+
+class HessianOperator:
+    """Hessian of the mean loss of ``model`` over ``data`` with respect to (a subset of) its parameters.
+
+    ``params``: None for every trainable parameter, a regular expression on parameter names, or a
+    callable ``(name, parameter) -> bool``. ``keep_graphs``: keep every batch's gradient graph
+    (True), recompute per product (False), or keep them when the estimated memory of the graphs is
+    below half of what is free ("auto"). ``matvec`` takes a flat vector (torch or numpy) or a list of
+    per-parameter tensors and answers in the same form; ``hvps`` counts the products.
+    Parameters that receive no gradient contribute zero rows and columns.
+    """
+
+    def __init__(self, model: nn.Module | LoadedModel, data: DataLike, loss_fn: LossFn | None = None,
+                 params: ParamFilter = None, keep_graphs: KeepGraphs = "auto") -> None:
+        self.loaded = as_loaded(model)
+        self.module = self.loaded.module
+        self.loss_fn = loss_fn or cross_entropy
+        batches = as_batches(data)
+        self.num_images = batches.num_images
+        self.batches = local_share(batches)
+        named = select_parameters(self.module, params)
+        self.param_names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        self.size = sum(p.numel() for p in self.params)
+        self.dtype = self.params[0].dtype
+        self.device = device_of(self.module)
+        self.hvps = 0
+        self._kept: list[torch.Tensor] | None = None
+        self._kept_params: list[torch.Tensor] = []
+        self.keep_graphs = self._build(keep_graphs)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    # -- building ---------------------------------------------------------------------
+    def _weighted_grad(self, batch, create_graph: bool) -> tuple[torch.Tensor, tuple]:
+        n = int(batch[0].shape[0])
+        loss = batch_loss(self.module, batch, self.loss_fn, self.device)
+        grads = torch.autograd.grad(loss * n, self.params, create_graph=create_graph, allow_unused=True)
+        return loss.detach() * n, grads
+
+    def _batch_loss_only(self, batch) -> torch.Tensor:
+        with torch.no_grad():
+            return batch_loss(self.module, batch, self.loss_fn, self.device) * int(batch[0].shape[0])
+
+    def _build(self, keep_graphs: KeepGraphs) -> bool:
+        """One pass over the data: the mean loss (checked finite) and, if kept, the graphs."""
+        if keep_graphs not in ("auto", True, False):
+            raise ValueError(f"keep_graphs must be 'auto', True or False, not {keep_graphs!r}")
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        kept = [torch.zeros((), dtype=self.dtype, device=self.device) for _ in self.params]
+        keep = keep_graphs is not False
+        with analysis_mode(self.module):
+            for index, batch in enumerate(self.batches):
+                if keep and index == 0 and keep_graphs == "auto":
+                    with _SavedBytes() as counter:
+                        loss, grads = self._weighted_grad(batch, create_graph=True)
+                    estimate = counter.bytes * len(self.batches)
+                    keep = estimate < MEMORY_FRACTION * _free_memory(self.device)
+                elif keep:
+                    loss, grads = self._weighted_grad(batch, create_graph=True)
+                else:
+                    loss, grads = self._batch_loss_only(batch), ()
+                total += loss.double()
+                if keep:
+                    kept = [acc + g if g is not None and g.requires_grad else acc
+                            for acc, g in zip(kept, grads)]
+        distributed.all_reduce_sum(total)
+        self.loss = float(total) / self.num_images
+        if keep:
+            pairs = [(g, p) for g, p in zip(kept, self.params) if g.requires_grad]
+            self._kept = [g for g, _ in pairs]
+            self._kept_params = [p for _, p in pairs]
+        return keep
+
+    # -- products ---------------------------------------------------------------------
+    def _local_hvp(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """sum over this rank's batches of n_b * H_b v (not yet divided by N)."""
+        out = [torch.zeros_like(p) for p in self.params]
+        if self._kept is not None:
+            if self._kept:
+                index = {id(p): i for i, p in enumerate(self.params)}
+                wanted = [vs[index[id(p)]] for p in self._kept_params]
+                _accumulate(out, self.params, self._kept, wanted, retain=True)
+            return out
+        with analysis_mode(self.module):
+            for batch in self.batches:
+                with torch.enable_grad():
+                    _, grads = self._weighted_grad(batch, create_graph=True)
+                pairs = [(g, v) for g, v in zip(grads, vs) if g is not None and g.requires_grad]
+                if pairs:
+                    _accumulate(out, self.params, [g for g, _ in pairs], [v for _, v in pairs],
+                                retain=False)
+        return out
+
+    def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """H v for ``v`` given as per-parameter tensors; returns per-parameter tensors."""
+        vs = [v.to(device=self.device, dtype=self.dtype) for v in vs]
+        local = self._local_hvp(vs)
+        flat = distributed.all_reduce_sum(flatten(local)) / self.num_images
+        self.hvps += 1
+        return unflatten(flat, self.params)
+
+    def matvec(self, v):
+        """H v. ``v`` is a flat torch vector, a flat numpy vector, or a per-parameter list."""
+        if isinstance(v, (list, tuple)):
+            return self.hvp(v)
+        if isinstance(v, np.ndarray):
+            out = self.matvec(torch.from_numpy(np.ascontiguousarray(v).reshape(-1)))
+            return out.cpu().numpy().astype(v.dtype, copy=False)
+        if v.numel() != self.size:
+            raise ValueError(f"vector of size {v.numel()} for a Hessian of size {self.size}")
+        result = flatten(self.hvp(unflatten(v.reshape(-1).to(self.device, self.dtype), self.params)))
+        return result.to(v.dtype)
+
+    __matmul__ = matvec
+
+    def to_scipy(self, dtype=np.float64):
+        """A symmetric ``scipy.sparse.linalg.LinearOperator`` calling ``matvec``."""
+        from scipy.sparse.linalg import LinearOperator
+
+        matvec = lambda x: self.matvec(np.asarray(x, dtype=dtype).reshape(-1))
+        return LinearOperator(self.shape, matvec=matvec, rmatvec=matvec, dtype=dtype)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat vector as per-parameter tensors aligned with ``param_names``."""
+        return [t.detach().clone() for t in unflatten(flat.to(self.dtype), self.params)]
+
+    def release(self) -> None:
+        """Drop the kept graphs (the operator then recomputes them per product)."""
+        self._kept, self._kept_params, self.keep_graphs = None, [], False
+
+
+def _accumulate(out: list[torch.Tensor], params: list[torch.Tensor], grads: list[torch.Tensor],
+                vs: list[torch.Tensor], retain: bool) -> None:
+    parts = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=retain, allow_unused=True)
+    for acc, part in zip(out, parts):
+        if part is not None:
+            acc += part.detach()
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of distinct storages that autograd saves inside the block."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+        super().__init__(self._pack, lambda t: t)
+
+    def __enter__(self) -> "_SavedBytes":
+        super().__enter__()
+        return self
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+
+def _free_memory(device: torch.device) -> float:
+    """Bytes free on ``device`` (CUDA: the allocator's view; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -124,3 +124,25 @@ def test_line_of_finds_sections_and_keys() -> None:
     assert line_of(text, "receptive-field") == 4
     assert line_of(text, "receptive-field", "layers") == 5
     assert line_of(text, "study", "layers") is None
+
+
+def test_option_values_become_tokens_argparse_reads_back() -> None:
+    import argparse
+
+    from vitprobe.studies.options import check_value, to_argv
+
+    parser = argparse.ArgumentParser()
+    span = parser.add_argument("--span")
+    relu = parser.add_argument("--objective-relu", action=argparse.BooleanOptionalAction,
+                               default=True)
+    many = parser.add_argument("--layers", type=int, nargs="+")
+    model = parser.add_argument("--model", action="append")
+    tokens = (to_argv(span, "-1:1") + to_argv(relu, False) + to_argv(many, [0, 3])
+              + to_argv(model, ["a", "b"]))
+    assert tokens == ["--span=-1:1", "--no-objective-relu", "--layers", "0", "3",
+                      "--model", "a", "--model", "b"]
+    args = parser.parse_args(tokens)
+    assert (args.span, args.objective_relu, args.layers, args.model) == ("-1:1", False, [0, 3],
+                                                                         ["a", "b"])
+    assert check_value(relu, "yes") == "expects true or false"
+    assert check_value(many, [1, "x"]) == "expects an integer or a list of them, got 'x'"

@@ -47,7 +47,8 @@ def recipe_keys(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _is_flag(action: argparse.Action) -> bool:
-    return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+    return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                               argparse.BooleanOptionalAction))
 
 
 def _takes_many(action: argparse.Action) -> bool:
@@ -88,10 +89,14 @@ def check_value(action: argparse.Action, value: Any) -> str | None:
 def to_argv(action: argparse.Action, value: Any) -> list[str]:
     """The command-line tokens that give ``value`` to ``action``."""
     option = next(s for s in action.option_strings if s.startswith("--"))
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [option if value else "--no-" + option[2:]]
     if _is_flag(action):
         wanted = isinstance(action, argparse._StoreTrueAction)
         return [option] if value is wanted else []
     values = [str(v) for v in (value if isinstance(value, list) else [value])]
     if isinstance(action, argparse._AppendAction):
         return [token for v in values for token in (option, v)]
+    if len(values) == 1 and values[0].startswith("-"):
+        return [f"{option}={values[0]}"]  # else argparse would read "-1:1" as an option
     return [option, *values]

@@ -71,8 +71,7 @@ class Recipe:
         if self.data:
             return self.data
         need = f" ({self.data_help})" if self.data_help else ""
-        raise UserError(f"{self.path} needs data{need}: set {self.data_env} to its folder "
-                        "or pass --data")
+        raise UserError(f"it needs data{need}: set {self.data_env} to its folder or pass --data")
 
 
 class RecipeError(UserError):

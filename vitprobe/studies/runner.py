@@ -35,6 +35,13 @@ class Outcome:
     exit_code: int | None = None
 
 
+def analysis_models(recipe: Recipe, analysis: Analysis,
+                    overrides: dict[str, Any] | None = None) -> list[str]:
+    """The model specs one analysis runs on (``run --model`` > section > [study])."""
+    models = (overrides or {}).get("models") or analysis.settings.get("models") or recipe.models
+    return [models] if isinstance(models, str) else list(models)
+
+
 def analysis_settings(recipe: Recipe, analysis: Analysis,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recipe keys one analysis runs with.
@@ -42,9 +49,9 @@ def analysis_settings(recipe: Recipe, analysis: Analysis,
     Precedence: the recipe's [study] settings, then the analysis section, then
     ``overrides`` (the options given to ``vitprobe run`` itself).
     """
-    settings = {"models": recipe.models, **recipe.shared, **analysis.settings, **(overrides or {})}
-    if isinstance(settings["models"], str):
-        settings["models"] = [settings["models"]]
+    given = {**recipe.shared, **analysis.settings, **(overrides or {})}
+    settings = {"models": analysis_models(recipe, analysis, overrides),
+                **{key: value for key, value in given.items() if key != "models"}}
     if "data" not in settings:
         settings["data"] = recipe.resolve_data()
     return settings
@@ -88,6 +95,17 @@ def check_models(specs: list[str], settings: dict[str, Any]) -> list[str]:
     return problems
 
 
+def summarise(problems: list[str]) -> str:
+    """Problems joined in one line; a hint shared by several (after their last '; ') once."""
+    heads, hints = [], []
+    for problem in problems:
+        head, _, hint = problem.rpartition("; ") if "; " in problem else (problem, "", "")
+        heads.append(head)
+        if hint and hint not in hints:
+            hints.append(hint)
+    return "; ".join(heads) + "".join(f" ({hint})" for hint in hints)
+
+
 def check_data(recipe: Recipe, data: str) -> list[str]:
     """A one-line problem if ``data`` names a path that does not exist."""
     if data == "shapes" or any(ch in data for ch in "*?[") or Path(data).exists():
@@ -111,26 +129,28 @@ def run_recipe(recipe: Recipe, out: Path, overrides: dict[str, Any] | None = Non
     unknown = sorted(set(only or ()) - {a.command for a in recipe.analyses})
     if unknown:
         raise UserError(f"{recipe.path} has no analysis {', '.join(unknown)}")
-    plans, settings_run = [], []
+    problems: list[str] = []
+    plans, models, datasets = [], [], []
     for analysis in chosen:
         if not analysis.available:
             plans.append((analysis, None, False))
             continue
         try:
             settings = analysis_settings(recipe, analysis, overrides)
-        except UserError as error:
-            raise UserError(f"{recipe.path} cannot run: {error}") from None
+        except UserError as error:  # the recipe's data is not given: still check the models
+            problems += [str(error)] if str(error) not in problems else []
+            models += analysis_models(recipe, analysis, overrides)
+            continue
         argv = analysis_argv(analysis.command, settings, out)
         done = not force and is_complete(out, analysis.command, argv)
         plans.append((analysis, argv, done))
         if not done:
-            settings_run.append(settings)
-    problems = [p for data in dict.fromkeys(s["data"] for s in settings_run)
-                for p in check_data(recipe, data)]
-    problems += check_models([m for s in settings_run for m in s["models"]],
-                             {**recipe.shared, **overrides})
+            models += settings["models"]
+            datasets.append(settings["data"])
+    problems += [p for data in dict.fromkeys(datasets) for p in check_data(recipe, data)]
+    problems += check_models(models, {**recipe.shared, **overrides})
     if problems:
-        raise UserError(f"{recipe.path} cannot run: " + "; ".join(problems))
+        raise UserError(f"{recipe.path} cannot run: {summarise(problems)}")
 
     outcomes = []
     for analysis, argv, done in plans:

@@ -45,3 +45,10 @@ def tiny_resnet() -> ResNet:
 
 def tiny_resnet_b() -> ResNet:
     return _resnet(1)
+
+
+def tiny_data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three batches of unequal size (5, 5, 3) of 16x16 images with 4 classes, always the same."""
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 3, 16, 16, generator=generator), torch.randint(0, 4, (n,), generator=generator))
+            for n in (5, 5, 3)]

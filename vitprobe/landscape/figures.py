@@ -81,7 +81,7 @@ def plot_contours(results: Sequence[LandscapeResult], metric: str = "loss") -> F
     for axis, result in zip(axes, chosen):
         lines = axis.contour(result.alphas, result.betas, result.surface(metric), levels=_levels(norm),
                              norm=norm, cmap=CMAP, linewidths=0.9)
-        axis.clabel(lines, fontsize=6, fmt="%.3g")
+        axis.clabel(lines, fontsize=6, fmt="%.4g")
         axis.plot([0], [0], marker="+", color="black")
         axis.set(xlabel="alpha", ylabel="beta", title=_title(result), aspect="equal")
     return figure

@@ -76,3 +76,26 @@ def test_missing_layer_is_a_user_error(tmp_path, model_module, capsys):
             "--num-images", "2", "--out", str(tmp_path / "out"), "--quiet"]
     assert main(argv) == 2
     assert "no layer 'layer9'" in capsys.readouterr().err
+
+
+def test_two_torchrun_ranks_give_the_one_process_maps(tmp_path, model_module):
+    """Ranks share the batches and all-reduce the summed maps: the CSV equals one process's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    common = ["receptive-field", "--model", f"py:{model_module}:resnet", "--num-images", "5",
+              "--batch-size", "2", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+           "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    process = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "vitprobe", *common,
+         "--out", str(tmp_path / "ranks")],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert process.returncode == 0, process.stderr[-3000:]
+    single = pd.read_csv(tmp_path / "single" / "receptive-field.csv")
+    ranks = pd.read_csv(tmp_path / "ranks" / "receptive-field.csv")
+    pd.testing.assert_frame_equal(single, ranks, rtol=1e-6)

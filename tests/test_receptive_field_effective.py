@@ -26,7 +26,8 @@ def conv_stack(specs, channels: int = 3) -> nn.Sequential:
     layers = OrderedDict()
     for index, (kind, k, s, d, p) in enumerate(specs):
         if kind == "conv":
-            layers[f"conv{index}"] = nn.Conv2d(channels, channels, k, stride=s, dilation=d, padding=p)
+            layers[f"conv{index}"] = nn.Conv2d(channels, channels, k, stride=s, dilation=d,
+                                               padding=p)
         else:
             layers[f"avg{index}"] = nn.AvgPool2d(k, stride=s, padding=p)
         layers[f"tanh{index}"] = nn.Tanh()
@@ -72,7 +73,8 @@ def replknet_input_grad(model: nn.Module, samples: torch.Tensor) -> np.ndarray:
     """RepLKNet's erf/visualize_erf.py ``get_input_grad``, transcribed as the peer."""
     outputs = model(samples)
     out_size = outputs.size()
-    central_point = torch.nn.functional.relu(outputs[:, :, out_size[2] // 2, out_size[3] // 2]).sum()
+    central_point = torch.nn.functional.relu(
+        outputs[:, :, out_size[2] // 2, out_size[3] // 2]).sum()
     grad = torch.autograd.grad(central_point, samples)
     grad = grad[0]
     grad = torch.nn.functional.relu(grad)
@@ -175,3 +177,24 @@ def test_bad_options_are_user_errors(tiny_resnet):
         effective_receptive_field(tiny_resnet, images, layer="layer9")
     with pytest.raises(UserError, match="shape"):
         effective_receptive_field(tiny_resnet, images, layer="fc")
+
+
+def test_hugging_face_vit_blocks_and_patch_embedding():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from vitprobe.models.loaded import LoadedModel
+
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=8, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=16, num_labels=3)
+    module = ViTForImageClassification(config).eval()
+    loaded = LoadedModel(module=module, label="hf", spec="hf", family="vit",
+                         data_config={"input_size": (3, 16, 16)}, num_prefix_tokens=1,
+                         patch_size=(4, 4))
+    images = torch.randn(3, 3, 16, 16)
+    blocks = effective_receptive_field(loaded, images, gradient="abs")
+    assert len(blocks.layers) == 2 and blocks.layers[0].endswith(".0")
+    assert (blocks.raw > 0).all()
+    patch_layer = next(name for name, m in module.named_modules()
+                       if name.endswith("patch_embeddings"))
+    patch = effective_receptive_field(loaded, images, layer=patch_layer, gradient="abs")
+    assert support_box(patch.raw[0] > 0) == (8, 11, 8, 11)

@@ -1,4 +1,5 @@
-"""Scores of contribution maps against closed forms of a centred 2-D Gaussian and RepLKNet's loop."""
+"""Scores of contribution maps against closed forms of a centred 2-D Gaussian, and against
+RepLKNet's own loop."""
 
 from __future__ import annotations
 

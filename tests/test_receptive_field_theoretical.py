@@ -108,7 +108,7 @@ def test_parallel_branches_take_the_largest_field():
 HAND = {
     "resnet18": [("layer1", 43, 4), ("layer2", 99, 8), ("layer3", 211, 16), ("layer4", 435, 32)],
     "resnet50": [("layer1", 35, 4), ("layer2", 91, 8), ("layer3", 267, 16), ("layer4", 427, 32)],
-    # deep stem: three 3x3 convs (the first /2) -> 3, 7, 11 (j 2); max-pool -> 15 (j 4): +4 everywhere;
+    # deep stem: three 3x3 convs (the first /2) -> 3, 7, 11 (j 2); max-pool -> 15 (j 4), so +4;
     # its shortcut (2x2/2 average pool, then 1x1) is off-centre by half a jump but still inside
     "resnet50d": [("layer1", 39, 4), ("layer2", 95, 8), ("layer3", 271, 16), ("layer4", 431, 32)],
 }

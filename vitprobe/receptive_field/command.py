@@ -1,4 +1,5 @@
-"""``python -m vitprobe receptive-field``: effective and theoretical receptive fields, side by side."""
+"""``python -m vitprobe receptive-field``: effective and theoretical receptive fields, side by
+side."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ from captum.attr import NeuronGradient
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.data.batches import Batches, DataLike, as_batches
+from vitprobe.attention.inputs import image_batches
+from vitprobe.data.batches import Batches, DataLike
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.progress import log, progress
@@ -48,13 +49,26 @@ SCORE_ON = ("scaled", "raw")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
+TRANSFORMER_BLOCK_LISTS = ("blocks", "layer", "layers")
+
+
+def transformer_blocks(module: nn.Module) -> list[str]:
+    """Names of a ViT's transformer blocks: the first module list or sequence named
+    ``blocks``, ``layer`` or ``layers`` (timm: ``blocks.N``; Hugging Face: ``vit.layers.N``)."""
+    for name, child in module.named_modules():
+        listed = isinstance(child, (nn.ModuleList, nn.Sequential))
+        if listed and name.rsplit(".", 1)[-1] in TRANSFORMER_BLOCK_LISTS:
+            return [f"{name}.{i}" for i in range(len(child))]
+    raise UserError("cannot find the transformer blocks of this ViT; name the layers to measure")
+
+
 def default_layers(model: nn.Module | LoadedModel) -> list[str]:
     """Every block of a ViT (``blocks.0`` ...), every stage of a ResNet (``layer1`` ...), else
     the model's output (``""``) for a plain stack of convolutions."""
     loaded = as_loaded(model)
     module = loaded.module
     if loaded.family == "vit":
-        return [f"blocks.{i}" for i in range(len(module.blocks))]
+        return transformer_blocks(module)
     stages = [name for name in RESNET_STAGES if isinstance(getattr(module, name, None), nn.Module)]
     return stages or [""]
 
@@ -109,15 +123,6 @@ class CentreObjective:
         if self.relu:
             values = torch.relu(values)
         return values.sum(dim=1)
-
-
-def image_batches(images: torch.Tensor | DataLike) -> Batches:
-    """A bare (B, C, H, W) tensor as one unlabelled batch; anything else via ``as_batches``."""
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise UserError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        return Batches([(images, torch.full((images.shape[0],), -1, dtype=torch.long))])
-    return as_batches(images)
 
 
 def at_input_size(loaded: LoadedModel, size: tuple[int, int]) -> LoadedModel:

@@ -19,12 +19,13 @@ from vitprobe.receptive_field import scores  # noqa: E402
 from vitprobe.receptive_field.result import ReceptiveFieldResult  # noqa: E402
 
 COLOURMAP = "magma"
-STAGE_OR_BLOCK = re.compile(r"^(?:blocks\.(\d+)|layer(\d+))$")
+STAGE_OR_BLOCK = re.compile(r"^(?:(?:.*\.)?(?:blocks|layers?)\.(\d+)|layer(\d+))$")
 
 
 def layer_depths(layers: Sequence[str]) -> np.ndarray:
-    """Depth of each layer for the x axis: ``blocks.N`` is N + 1 (the (N + 1)-th attention
-    layer), ``layerN`` is N (the N-th ResNet stage); other names count from 1 in order."""
+    """Depth of each layer for the x axis: ``blocks.N`` (or ``...layer.N``, ``...layers.N``) is
+    N + 1, the (N + 1)-th attention layer; ``layerN`` is N, the N-th ResNet stage; other names
+    count from 1 in order."""
     matches = [STAGE_OR_BLOCK.match(name) for name in layers]
     if not all(matches):
         return np.arange(1, len(layers) + 1)

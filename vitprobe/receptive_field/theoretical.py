@@ -64,7 +64,7 @@ class Axis:
                     jump=self.jump * stride)
 
     def shift(self, units: int) -> "Axis":
-        """The same field seen from a tensor whose index 0 is ``units`` positions earlier (padding)."""
+        """The same field seen from a tensor padded by ``units`` positions in front."""
         return Axis(self.first - units * self.jump, self.size, self.jump)
 
 

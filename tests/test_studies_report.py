@@ -115,6 +115,7 @@ def test_unknown_metric_and_empty_folder_are_user_errors(runs, tmp_path, capsys)
 @pytest.mark.parametrize("value,error,text", [
     (0.8125, 0.031, "0.812 ± 0.031"), (738.8, 12.3, "739 ± 12"), (179.8, float("nan"), "179.8"),
     (0.5, 0.0, "0.5"), (float("nan"), 1.0, ""), (123456.0, 2.5, "123456.0 ± 2.5"),
+    (22824.4, float("nan"), "22824"), (0.000123, float("nan"), "0.000123"),
 ])
 def test_format_cell(value, error, text) -> None:
     assert format_cell(value, error) == text

@@ -162,7 +162,8 @@ def pivot(frame: pd.DataFrame, metrics: list[str] | None = None,
 
 
 def format_cell(value: float, error: float = math.nan, latex: bool = False) -> str:
-    """``value ± error`` with the error to two significant digits, else 4 significant digits."""
+    """``value ± error`` with the error to two significant digits; else 4 significant digits
+    (whole numbers from 1000 up, never scientific notation there)."""
     if value is None or not math.isfinite(value):
         return ""
     if error is not None and math.isfinite(error) and error > 0:
@@ -170,7 +171,7 @@ def format_cell(value: float, error: float = math.nan, latex: bool = False) -> s
         pm = r" \pm " if latex else " ± "
         text = f"{value:.{decimals}f}{pm}{error:.{decimals}f}"
         return f"${text}$" if latex else text
-    return f"{value:.4g}"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def legend(table: WideTable) -> str:

@@ -13,6 +13,9 @@ Ding et al. 2022 ("Scaling Up Your Kernels to 31x31", RepLKNet), per image, in e
 4. averaged over the images (images whose map is not finite are skipped, as in the script);
 5. displayed as ``log10(x + 1)`` (the script) or ``x ** exponent``, divided by the maximum.
 
+The script resizes 50 ImageNet images to 1024x1024; here the maps have the size of the images
+given (the command renders them at ``--input-size`` and uses 50 images by default).
+
 The scores of :mod:`vitprobe.receptive_field.scores` are read off the scaled map by default,
 as ``analyze_erf.py`` does; note that ``log10(x + 1)`` is nearly linear for small gradients
 and logarithmic for large ones, so scaled scores depend on the gradients' magnitude
@@ -222,6 +225,8 @@ def effective_receptive_field(
     _check_choice("score_on", score_on, SCORE_ON)
     if scale == "power" and not (math.isfinite(exponent) and exponent > 0):
         raise UserError(f"the power scale needs a positive exponent, got {exponent}")
+    if not all(0.0 < t < 1.0 for t in thresholds):
+        raise UserError(f"mass thresholds lie in (0, 1), got {list(thresholds)}")
     loaded = as_loaded(model)
     batches = image_batches(images)
     size = tuple(int(v) for v in batches[0][0].shape[-2:])

@@ -45,7 +45,7 @@ def test_stack_of_3x3_convolutions_has_a_2n_plus_1_support(n):
     assert support_box(support) == (12 - n, 12 + n, 12 - n, 12 + n)
     assert support.sum() == (2 * n + 1) ** 2
     assert result.theoretical[0].size == (2 * n + 1, 2 * n + 1)
-    assert result.centre_units == [(12, 12)]
+    assert result.centre_units == [(12, 12)] and result.score_centres == [(12, 12)]
     frame = result.to_frame()
     size = frame.query("metric == 'theoretical_size'")["value"]
     assert list(size) == [2 * n + 1]
@@ -65,6 +65,7 @@ def test_strided_dilated_support_matches_theoretical_field():
     field = result.theoretical[0]
     assert field.size == (61, 61) and field.jump == (4, 4) and field.start == (22, 22)
     centre = 22 + 6 * 4
+    assert result.score_centres == [(centre, centre)]
     # the dilations leave holes, but the support spans exactly the theoretical window
     assert support_box(result.raw[0] > 0) == (centre - 30, centre + 30, centre - 30, centre + 30)
 
@@ -108,6 +109,26 @@ def test_default_layers_and_scales(tiny_resnet):
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
 
 
+def test_scores_centre_on_the_units_field(tiny_resnet):
+    """At 32 pixels layer4 of a ResNet has one unit, whose field is centred on pixel (0, 0)
+    (every padding is (k - 1) / 2): its scores are measured there, not at the map's centre."""
+    images = torch.randn(3, 3, 32, 32)
+    field = effective_receptive_field(tiny_resnet, images, layer=["layer3", "layer4"])
+    assert field.output_grids == [(2, 2), (1, 1)] and field.centre_units == [(1, 1), (0, 0)]
+    assert field.score_centres == [(16, 16), (0, 0)]  # unit 1 of layer3: 1 x 16 pixels
+    mapped = effective_receptive_field(tiny_resnet, images, layer=["layer3", "layer4"],
+                                       centre="map")
+    assert mapped.score_centres == [(16, 16), (16, 16)]
+    np.testing.assert_allclose(mapped.raw, field.raw)
+    frame = field.to_frame().query("layer == 'layer4'").set_index("metric")["value"]
+    assert (frame["centre_row"], frame["centre_col"]) == (0, 0)
+    # around (0, 0) the mean distance is the map's mass-weighted distance from that corner
+    rows, cols = np.indices((32, 32))
+    data = field.scaled[1]
+    expected = (data * np.hypot(rows, cols)).sum() / data.sum()
+    assert frame["mean_distance"] == pytest.approx(expected)
+
+
 def centre_token_peer(model: nn.Module, images: torch.Tensor, block: int, token: int) -> np.ndarray:
     x = images.clone().requires_grad_(True)
     captured = {}
@@ -135,6 +156,8 @@ def test_vit_centre_token_follows_the_token_layout(prefix):
     np.testing.assert_allclose(blocks.raw[1], centre_token_peer(model, images, 1, token),
                                rtol=1e-5, atol=1e-10)
     assert blocks.centre_units == [(2, 2), (2, 2)] and blocks.theoretical == [None, None]
+    # the centre patch spans pixels 8..11: its middle, 9.5, rounds to pixel 10
+    assert blocks.score_centres == [(10, 10), (10, 10)]
 
 
 def test_vit_centre_token_sees_the_whole_input_after_one_block(tiny_vit):

@@ -16,10 +16,11 @@ THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 SIGMA = 6.0
 
 
-def pixel_gaussian(shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """An isotropic Gaussian centred on the centre pixel, integrated exactly over each pixel:
-    separable, so the mass of any centred square is a product of two normal CDF differences."""
-    cy, cx = shape[0] // 2, shape[1] // 2
+def pixel_gaussian(shape: tuple[int, int], sigma: float, centre=None) -> np.ndarray:
+    """An isotropic Gaussian centred on the centre pixel (or ``centre``), integrated exactly over
+    each pixel: separable, so the mass of any centred square is a product of two normal CDF
+    differences."""
+    cy, cx = centre or (shape[0] // 2, shape[1] // 2)
 
     def axis(n: int, c: int) -> np.ndarray:
         edges = np.arange(n + 1) - c - 0.5
@@ -46,6 +47,22 @@ def test_centred_square_matches_gaussian_closed_form(shape, t):
     side, ratio = scores.centred_square(data, t)
     assert side == 2 * i + 1
     assert ratio == pytest.approx((2 * i + 1) ** 2 / (h * w))
+
+
+@pytest.mark.parametrize("t", THRESHOLDS)
+def test_scores_around_another_centre(t):
+    """The same closed forms around an off-centre pixel, passed as the centre."""
+    sigma, centre = 5.0, (30, 70)
+    data = pixel_gaussian((101, 121), sigma, centre)
+    i = math.floor(sigma * math.sqrt(2) * erfinv(math.sqrt(t)) - 0.5) + 1
+    side, ratio = scores.centred_square(data, t, centre)
+    assert side == 2 * i + 1 and ratio == pytest.approx(side**2 / (101 * 121))
+    radius = math.sqrt(sigma**2 + 1 / 12) * math.sqrt(chi2.ppf(t, 2))
+    assert abs(scores.mass_radius(data, t, centre) - radius) < 0.2
+    # measured around the map's centre instead, the same mass looks far wider
+    assert scores.centred_square(data, t)[0] > side + 10  # the map centre is 20 rows away
+    with pytest.raises(ValueError, match="outside"):
+        scores.mean_distance(data, (101, 0))
 
 
 def test_centred_square_is_clipped_at_the_map_edge():

@@ -12,6 +12,7 @@ from vitprobe.command import Command, RunContext
 from vitprobe.data.batches import Batches
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.receptive_field.effective import (
+    CENTRES,
     GRADIENT_RULES,
     SCALES,
     SCORE_ON,
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--score-on", choices=SCORE_ON, default="scaled",
                        help="map the scores read: the scaled one (RepLKNet) or the raw mean "
                             "gradient (default: scaled)")
+    group.add_argument("--centre", choices=CENTRES, default="field",
+                       help="pixel the scores are measured around: the centre of the measured "
+                            "unit's field, or the map's centre as RepLKNet (default: field)")
 
 
 def _attention_distance(model: LoadedModel, data: Batches,
@@ -95,7 +99,8 @@ def run(ctx: RunContext) -> None:
                 f"{size[0]}x{size[1]}")
         result = effective_receptive_field(
             model, data, args.layers, gradient=args.gradient, objective_relu=args.objective_relu,
-            scale=args.scale, exponent=args.exponent, score_on=args.score_on)
+            scale=args.scale, exponent=args.exponent, score_on=args.score_on,
+            centre=args.centre)
         ctx.add_rows(result.to_frame())
         results.append(result)
         if model.family == "vit":

@@ -49,6 +49,7 @@ GRADIENT_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 SCALES = ("log", "power")
 SCORE_ON = ("scaled", "raw")
+CENTRES = ("field", "map")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -194,6 +195,26 @@ def _theoretical(loaded: LoadedModel, layers: list[str]) -> list[TheoreticalFiel
     return [fields.get(layer) for layer in layers]
 
 
+def field_centre(loaded: LoadedModel, unit: tuple[int, int],
+                 theory: TheoreticalField | None) -> tuple[float, float] | None:
+    """Centre (row, column; input pixel coordinates) of the field of output unit ``unit``: the
+    middle of its patch for a ViT, the theoretical field's centre for a CNN layer, else None."""
+    if loaded.family == "vit" and loaded.patch_size is not None:
+        ph, pw = loaded.patch_size
+        return unit[0] * ph + (ph - 1) / 2, unit[1] * pw + (pw - 1) / 2
+    if theory is not None and not theory.is_global:
+        return theory.centre_of(unit)
+    return None
+
+
+def score_centre(shape: tuple[int, int], centre: tuple[float, float] | None) -> tuple[int, int]:
+    """The map pixel nearest ``centre`` (halves round down-right, like ``H // 2``), clipped into
+    the map; the map's centre pixel when ``centre`` is None."""
+    if centre is None:
+        return shape[0] // 2, shape[1] // 2
+    return tuple(min(max(math.floor(c + 0.5), 0), n - 1) for c, n in zip(centre, shape))
+
+
 def effective_receptive_field(
     model: nn.Module | LoadedModel,
     images: torch.Tensor | DataLike,
@@ -204,6 +225,7 @@ def effective_receptive_field(
     scale: str = "log",
     exponent: float = 0.5,
     score_on: str = "scaled",
+    centre: str = "field",
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> ReceptiveFieldResult:
     """Effective receptive field of the centre unit of ``layer`` (Luo et al. 2016), measured
@@ -217,12 +239,19 @@ def effective_receptive_field(
     ``gradient``: ``relu`` (the script) or ``abs``, applied element-wise before the channel sum.
     ``objective_relu``: ReLU on each channel of the centre unit before the sum (the script).
     ``scale``: ``log`` (``log10(x + 1)``) or ``power`` (``x ** exponent``), then / max.
-    ``score_on``: ``scaled`` (the script) or ``raw`` map for the scores.
+    ``score_on``: ``scaled`` (the script) or ``raw`` map for the scores. ``centre``: the
+    scores' centre pixel, ``field`` (the centre of the measured unit's field: the middle of its
+    patch for a ViT, of its theoretical field for a CNN; the map's centre when unknown) or
+    ``map`` (the map's centre pixel, as the script). The two agree when the input is an even
+    multiple of the layer's stride, as in the script's 1024-pixel setting; they differ when a
+    deep layer has few units, e.g. the only unit of a 1x1 map is centred on pixel (0, 0) in a
+    torchvision-style ResNet.
     Under torchrun the batches are split across ranks and the maps summed.
     """
     _check_choice("gradient", gradient, tuple(GRADIENT_RULES))
     _check_choice("scale", scale, SCALES)
     _check_choice("score_on", score_on, SCORE_ON)
+    _check_choice("centre", centre, CENTRES)
     if scale == "power" and not (math.isfinite(exponent) and exponent > 0):
         raise UserError(f"the power scale needs a positive exponent, got {exponent}")
     if not all(0.0 < t < 1.0 for t in thresholds):
@@ -251,6 +280,9 @@ def effective_receptive_field(
     finally:
         module.train(was_training)
     raw_maps = np.stack(raw)
+    theoretical = _theoretical(loaded, layers)
+    centres = [score_centre(size, field_centre(loaded, unit, theory) if centre == "field"
+                            else None) for unit, theory in zip(units, theoretical)]
     return ReceptiveFieldResult(
         model=loaded.label,
         family=loaded.family,
@@ -259,6 +291,7 @@ def effective_receptive_field(
         raw=raw_maps,
         scaled=np.stack([scale_map(m, scale, exponent) for m in raw_maps]),
         centre_units=units,
+        score_centres=centres,
         output_grids=grids,
         num_images=used,
         gradient=gradient,
@@ -266,7 +299,8 @@ def effective_receptive_field(
         scale=scale,
         exponent=exponent,
         score_on=score_on,
+        centre=centre,
         thresholds=tuple(float(t) for t in thresholds),
-        theoretical=_theoretical(loaded, layers),
+        theoretical=theoretical,
         num_skipped=skipped,
     )

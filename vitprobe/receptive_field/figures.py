@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from vitprobe.receptive_field import scores  # noqa: E402
 from vitprobe.receptive_field.result import ReceptiveFieldResult  # noqa: E402
 
 COLOURMAP = "magma"
@@ -78,7 +77,7 @@ def extent_figure(results: Sequence[ReceptiveFieldResult],
                   attention_distances: Mapping[str, pd.DataFrame] | None = None):
     """Distance from the centre (pixels, log scale) against depth, one colour per model.
 
-    Solid: the ERF's mass-weighted mean distance from the centre pixel. Dashed (CNNs): the
+    Solid: the ERF's mass-weighted mean distance from its score centre (the unit's field centre). Dashed (CNNs): the
     theoretical field's half-width, (size - 1) / 2, the farthest row or column it reaches.
     Dotted (ViTs, when given): the mean attention distance per layer, averaged over heads, with
     the range over heads shaded. Both means weight pixel distances the same way: by gradient
@@ -92,8 +91,7 @@ def extent_figure(results: Sequence[ReceptiveFieldResult],
         colour = colours[index % len(colours)]
         depth = layer_depths(result.layers)
         depths.update(int(d) for d in depth)
-        mean = [scores.mean_distance(result.score_map(i)) if result.score_map(i).sum() > 0
-                else np.nan for i in range(len(result.layers))]
+        mean = [result.mean_distance(i) for i in range(len(result.layers))]
         ax.plot(depth, mean, "o-", color=colour, label=f"{result.model} ({result.family})")
         theory = [t.size[0] if t is not None else np.nan for t in result.theoretical]
         if not all(np.isnan(theory)):

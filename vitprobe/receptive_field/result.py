@@ -21,9 +21,11 @@ class ReceptiveFieldResult:
     (H, W) pixels; ``scaled[i]`` is its display version (``scale``: ``log`` is
     ``log10(raw + 1)``, ``power`` is ``raw ** exponent``), divided by its maximum.
     The scores are computed on ``scaled`` when ``score_on == "scaled"`` (RepLKNet's
-    ``analyze_erf.py``) or on ``raw``. ``centre_units[i]`` is the (row, column) of the unit in
-    the layer's output grid ``output_grids[i]``; ``theoretical[i]`` is the theoretical field of
-    a CNN layer (None for ViTs or when the graph could not be traced).
+    ``analyze_erf.py``) or on ``raw``, around the pixel ``score_centres[i]`` (``centre``:
+    ``field`` is the pixel at the centre of the measured unit's field, ``map`` the map's centre
+    pixel as in the script). ``centre_units[i]`` is the (row, column) of the unit in the layer's
+    output grid ``output_grids[i]``; ``theoretical[i]`` is the theoretical field of a CNN layer
+    (None for ViTs or when the graph could not be traced).
     """
 
     model: str
@@ -33,6 +35,7 @@ class ReceptiveFieldResult:
     raw: np.ndarray
     scaled: np.ndarray
     centre_units: list[tuple[int, int]]
+    score_centres: list[tuple[int, int]]
     output_grids: list[tuple[int, int]]
     num_images: int
     gradient: str
@@ -40,6 +43,7 @@ class ReceptiveFieldResult:
     scale: str
     exponent: float
     score_on: str
+    centre: str
     thresholds: tuple[float, ...] = scores.DEFAULT_THRESHOLDS
     theoretical: list[TheoreticalField | None] = field(default_factory=list)
     num_skipped: int = 0
@@ -47,21 +51,30 @@ class ReceptiveFieldResult:
     def score_map(self, index: int) -> np.ndarray:
         return self.scaled[index] if self.score_on == "scaled" else self.raw[index]
 
+    def mean_distance(self, index: int) -> float:
+        """Mass-weighted mean distance (pixels) of one layer's map from its score centre."""
+        data = self.score_map(index)
+        if not data.sum() > 0:
+            return math.nan
+        return scores.mean_distance(data, self.score_centres[index])
+
     def layer_scores(self, index: int) -> list[tuple[str, float, float]]:
         """(metric, threshold, value) of one layer; NaN thresholds for threshold-free metrics."""
         data = self.score_map(index)
-        rows: list[tuple[str, float, float]] = []
+        centre = self.score_centres[index]
+        rows: list[tuple[str, float, float]] = [("centre_row", math.nan, float(centre[0])),
+                                                ("centre_col", math.nan, float(centre[1]))]
         if not data.sum() > 0:  # a map without mass (every gradient zero) has no extent
             names = ("square_side", "square_area_ratio", "top_pixels_ratio", "mass_radius")
             rows += [(name, t, math.nan) for t in self.thresholds for name in names]
             rows.append(("mean_distance", math.nan, math.nan))
         else:
             for t in self.thresholds:
-                side, ratio = scores.centred_square(data, t)
+                side, ratio = scores.centred_square(data, t, centre)
                 rows += [("square_side", t, side), ("square_area_ratio", t, ratio),
                          ("top_pixels_ratio", t, scores.top_pixels_ratio(data, t)),
-                         ("mass_radius", t, scores.mass_radius(data, t))]
-            rows.append(("mean_distance", math.nan, scores.mean_distance(data)))
+                         ("mass_radius", t, scores.mass_radius(data, t, centre))]
+            rows.append(("mean_distance", math.nan, self.mean_distance(index)))
         theory = self.theoretical[index] if index < len(self.theoretical) else None
         if theory is not None:
             for name, (rows_value, cols_value) in (("theoretical_size", theory.size),

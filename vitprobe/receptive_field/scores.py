@@ -1,9 +1,11 @@
 """How much of a contribution map sits near its centre: the scores of an effective receptive field.
 
-Every score reads a non-negative map ``M`` of shape (H, W) whose centre is the pixel
-``(H // 2, W // 2)`` (the convention of RepLKNet's ``analyze_erf.py``, Ding et al. 2022; for an
-even side it is the lower/right of the two middle pixels). ``S = M.sum()`` is the total mass, and
-a threshold ``t`` in (0, 1) asks for *more than* ``t * S`` (strictly, as the script does).
+Every score reads a non-negative map ``M`` of shape (H, W) around a centre pixel: by default
+``(H // 2, W // 2)``, the convention of RepLKNet's ``analyze_erf.py`` (Ding et al. 2022; for an
+even side it is the lower/right of the two middle pixels), or any pixel passed as ``centre``
+(the effective-field code passes the pixel at the centre of the measured unit's field).
+``S = M.sum()`` is the total mass, and a threshold ``t`` in (0, 1) asks for *more than*
+``t * S`` (strictly, as the script does).
 
 - :func:`centred_square`: the smallest centred square of side ``2i + 1`` whose sum exceeds
   ``t * S``, as its side in pixels and its area ratio ``(2i + 1)**2 / (H * W)``. This is
@@ -30,6 +32,9 @@ import numpy as np
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.5, 0.99)
 
 
+Pixel = tuple[int, int]
+
+
 def _checked(contribution: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
     data = np.asarray(contribution, dtype=np.float64)
     if data.ndim != 2:
@@ -44,17 +49,26 @@ def _checked(contribution: np.ndarray, threshold: float | None = None) -> tuple[
     return data, total
 
 
-def centre(shape: tuple[int, int]) -> tuple[int, int]:
+def map_centre(shape: tuple[int, int]) -> Pixel:
     """The centre pixel (row, column) of a map: ``(H // 2, W // 2)``."""
     return shape[0] // 2, shape[1] // 2
 
 
-def square_masses(contribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _centre(shape: tuple[int, int], centre: Pixel | None) -> Pixel:
+    if centre is None:
+        return map_centre(shape)
+    if not (0 <= centre[0] < shape[0] and 0 <= centre[1] < shape[1]):
+        raise ValueError(f"centre {centre} lies outside the {shape[0]}x{shape[1]} map")
+    return int(centre[0]), int(centre[1])
+
+
+def square_masses(contribution: np.ndarray,
+                  centre: Pixel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For ``i = 0, 1, ...`` until the square covers the map: the sum of the centred
     ``(2i + 1)``-square clipped to the map, and the number of map pixels it covers."""
     data, _ = _checked(contribution)
     h, w = data.shape
-    cy, cx = centre((h, w))
+    cy, cx = _centre((h, w), centre)
     largest = max(cy, cx, h - 1 - cy, w - 1 - cx)
     padded = np.zeros((h + 1, w + 1))
     padded[1:, 1:] = data.cumsum(0).cumsum(1)
@@ -66,12 +80,13 @@ def square_masses(contribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return masses, (bottom - top) * (right - left)
 
 
-def centred_square(contribution: np.ndarray, threshold: float) -> tuple[float, float]:
+def centred_square(contribution: np.ndarray, threshold: float,
+                   centre: Pixel | None = None) -> tuple[float, float]:
     """(side in pixels, area ratio) of the smallest centred square holding more than
     ``threshold`` of the map's mass: RepLKNet's high-contribution area ratio (squares past the
     map's edge are clipped to it; see the module docstring)."""
     data, total = _checked(contribution, threshold)
-    masses, areas = square_masses(data)
+    masses, areas = square_masses(data, centre)
     # the last square covers the whole map, whose mass exceeds any threshold below 1
     index = int(np.argmax(masses > threshold * total)) if (masses > threshold * total).any() \
         else len(masses) - 1
@@ -87,19 +102,19 @@ def top_pixels_ratio(contribution: np.ndarray, threshold: float) -> float:
     return min(count, data.size) / data.size
 
 
-def distances(shape: tuple[int, int]) -> np.ndarray:
-    """Euclidean distance in pixels of every pixel centre from the map's centre pixel."""
-    cy, cx = centre(shape)
+def distances(shape: tuple[int, int], centre: Pixel | None = None) -> np.ndarray:
+    """Euclidean distance in pixels of every pixel centre from the centre pixel."""
+    cy, cx = _centre(shape, centre)
     rows = np.arange(shape[0])[:, None] - cy
     cols = np.arange(shape[1])[None, :] - cx
     return np.sqrt(rows * rows + cols * cols)
 
 
-def mass_radius(contribution: np.ndarray, threshold: float) -> float:
+def mass_radius(contribution: np.ndarray, threshold: float, centre: Pixel | None = None) -> float:
     """The smallest distance from the centre within which the map holds more than
     ``threshold`` of its mass (pixels at exactly that distance included)."""
     data, total = _checked(contribution, threshold)
-    radius = distances(data.shape).ravel()
+    radius = distances(data.shape, centre).ravel()
     order = np.argsort(radius, kind="stable")
     radius, cumulative = radius[order], np.cumsum(data.ravel()[order])
     # the mass within r counts every pixel at distance r: use the last index of each tie
@@ -109,7 +124,7 @@ def mass_radius(contribution: np.ndarray, threshold: float) -> float:
     return float(radius[index])
 
 
-def mean_distance(contribution: np.ndarray) -> float:
+def mean_distance(contribution: np.ndarray, centre: Pixel | None = None) -> float:
     """Mass-weighted mean Euclidean distance (pixels) from the map's centre."""
     data, total = _checked(contribution)
-    return float((data * distances(data.shape)).sum() / total)
+    return float((data * distances(data.shape, centre)).sum() / total)

@@ -34,7 +34,8 @@ def layer_depths(layers: Sequence[str]) -> np.ndarray:
 
 def erf_heatmaps(results: Sequence[ReceptiveFieldResult]):
     """One row per model, one column per layer: the scaled ERF maps (each divided by its own
-    maximum, as RepLKNet displays them) on one shared colour scale [0, 1]."""
+    maximum, as RepLKNet displays them) on one shared colour scale [0, 1]; a cyan cross marks
+    the pixel the scores are measured around."""
     columns = max(len(result.layers) for result in results)
     fig, axes = plt.subplots(len(results), columns, squeeze=False,
                              figsize=(2.1 * columns + 0.8, 2.2 * len(results)))
@@ -45,11 +46,15 @@ def erf_heatmaps(results: Sequence[ReceptiveFieldResult]):
             ax = axes[row, col]
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
             if col >= len(result.layers):
                 ax.axis("off")
                 continue
             image = ax.imshow(result.scaled[col], cmap=COLOURMAP, vmin=0.0, vmax=1.0,
                               interpolation="nearest", extent=(0, w, h, 0))
+            cy, cx = result.score_centres[col]
+            ax.plot(cx + 0.5, cy + 0.5, "+", color="cyan", ms=5, mew=0.8)
             title = result.layers[col] or "output"
             theory = result.theoretical[col] if col < len(result.theoretical) else None
             if theory is not None:

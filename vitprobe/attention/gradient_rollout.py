@@ -61,7 +61,8 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: T
         relevance = gradient_rollout_matrix([attentions[i] for i in layers],
                                             [gradients[i].detach() for i in layers], start)
         sources = recording.layout.sources(source)
-        maps.append(token_maps(relevance, recording.layout, sources).float().cpu())
+        tokens = [recording.layout.source_index(name) for name in sources]
+        maps.append(token_maps(relevance[:, tokens], recording.layout).float().cpu())
         targets.append(chosen.cpu().numpy())
         input_size = tuple(images.shape[-2:])
         offset += len(images)

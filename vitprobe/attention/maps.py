@@ -39,9 +39,11 @@ class SaliencyMaps:
 
     def mass_fraction(self, masks: np.ndarray, source: int = 0) -> np.ndarray:
         """Per image, the fraction of the (non-negative) map mass inside ``masks`` (images, H, W),
-        the map being resized to the mask size first."""
+        the map being resized to the mask size first (NaN for an all-zero map)."""
         maps = np.clip(self.upsampled(tuple(masks.shape[-2:]))[:, source], 0, None)
-        return (maps * masks).sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
+        total = maps.sum(axis=(1, 2))
+        inside = (maps * masks).sum(axis=(1, 2))
+        return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
 
     def to_frame(self) -> pd.DataFrame:
         """Per source, over images (mean): the normalised entropy of the map (1 = uniform

@@ -4,8 +4,9 @@ Per layer: fuse the heads (mean, max or min), optionally discard the lowest frac
 entries of every row of every image (never the prefix tokens' columns, so the class token's
 own column always survives), add the identity for the residual path and renormalise each
 row: Â = (A + I) / rowsum(A + I). The rollout of layers s..L is R = Â_L ... Â_s and the map
-of a token t is R[t, patches], reshaped to the real patch grid. It is accumulated layer by
-layer during the forward pass, so only one (B, N, N) matrix is kept.
+of a token t is R[t, patches], reshaped to the real patch grid. Each layer's Â is formed as
+the forward pass reaches it (the per-head attention is not kept), and only the rows of R a
+map needs are formed, by vector-matrix products from the left.
 """
 
 from __future__ import annotations
@@ -67,15 +68,30 @@ def rollout_layer(attention: torch.Tensor, fusion: str, discard_ratio: float,
 
 
 class Rollout:
-    """R = Â_l ... Â_s, accumulated one layer at a time (``add`` in forward order)."""
+    """The layers' Â, collected one at a time (``add`` in forward order), and their product
+    R = Â_l ... Â_s: in full (``matrix``) or only the rows a map needs (``rows``), which costs
+    matrix-vector products, O(N^2) per layer, instead of O(N^3)."""
 
     def __init__(self, fusion: str = "mean", discard_ratio: float = 0.0, protected: int = 1) -> None:
         self.fusion, self.discard_ratio, self.protected = fusion, discard_ratio, protected
-        self.matrix: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
 
     def add(self, attention: torch.Tensor) -> None:
-        step = rollout_layer(attention, self.fusion, self.discard_ratio, self.protected)
-        self.matrix = step if self.matrix is None else step @ self.matrix
+        self.steps.append(rollout_layer(attention, self.fusion, self.discard_ratio, self.protected))
+
+    def matrix(self) -> torch.Tensor:
+        """R = Â_L ... Â_1: (B, N, N)."""
+        result = self.steps[0]
+        for step in self.steps[1:]:
+            result = step @ result
+        return result
+
+    def rows(self, tokens: Sequence[int]) -> torch.Tensor:
+        """R[:, tokens]: (B, len(tokens), N), multiplied from the left."""
+        result = self.steps[-1][:, list(tokens)]
+        for step in reversed(self.steps[:-1]):
+            result = result @ step
+        return result
 
 
 def rollout(attentions: Sequence[torch.Tensor], fusion: str = "mean", discard_ratio: float = 0.0,
@@ -84,14 +100,14 @@ def rollout(attentions: Sequence[torch.Tensor], fusion: str = "mean", discard_ra
     accumulated = Rollout(fusion, discard_ratio, protected)
     for attention in attentions:
         accumulated.add(attention)
-    return accumulated.matrix
+    return accumulated.matrix()
 
 
-def token_maps(matrix: torch.Tensor, layout: TokenLayout, sources: Sequence[str]) -> torch.Tensor:
-    """Rows of the sources' tokens restricted to the patch columns: (B, sources, rows, cols)."""
-    rows = torch.stack([matrix[:, layout.source_index(s), layout.num_prefix_tokens:]
-                        for s in sources], dim=1)
-    return rows.reshape(matrix.shape[0], len(sources), *layout.grid)
+def token_maps(rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Rows (B, sources, N) of a rollout restricted to the patch columns, on the grid:
+    (B, sources, grid rows, grid cols)."""
+    patches = rows[:, :, layout.num_prefix_tokens:]
+    return patches.reshape(rows.shape[0], rows.shape[1], *layout.grid)
 
 
 @torch.no_grad()
@@ -121,7 +137,8 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fus
                 accumulated.add(attention)
 
         recording = AttentionCapture(amodel, accumulate).run(images)
-        maps.append(token_maps(accumulated.matrix, layout, sources).float().cpu())
+        tokens = [layout.source_index(name) for name in sources]
+        maps.append(token_maps(accumulated.rows(tokens), layout).float().cpu())
         targets.append(predictions(recording.output, len(images)))
         input_size = tuple(images.shape[-2:])
     return SaliencyMaps(model=loaded.label, method="rollout", maps=torch.cat(maps).numpy(),

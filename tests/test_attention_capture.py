@@ -1,5 +1,5 @@
 """Attention capture on real timm and transformers ViTs: fused or not, DeiT distilled,
-registers, non-square dynamic inputs, HF output_attentions, model left unchanged."""
+registers, non-square dynamic inputs, model left unchanged (HF models: test_attention_hf.py)."""
 
 from __future__ import annotations
 
@@ -140,44 +140,3 @@ def test_data_forms_are_accepted(tiny_vit, tiny_batches) -> None:
         np.testing.assert_allclose(attention_rollout(tiny_vit, data).maps, base, atol=1e-6)
     by_label = gradient_rollout(tiny_vit, tiny_batches, target="label")
     np.testing.assert_array_equal(by_label.targets, labels.numpy())
-
-
-transformers = pytest.importorskip("transformers")
-
-
-def _hf_config(cls, **extra):
-    return cls(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=32, num_labels=3, **extra)
-
-
-def test_hf_vit_capture_equals_output_attentions() -> None:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    eager = ViTForImageClassification(_hf_config(ViTConfig, attn_implementation="eager")).eval()
-    sdpa = ViTForImageClassification(_hf_config(ViTConfig, attn_implementation="sdpa")).eval()
-    sdpa.load_state_dict(eager.state_dict())
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        own = eager(pixel_values=images, output_attentions=True).attentions
-    assert len(own) == 2
-    for model in (eager, sdpa):
-        maps = attention_maps(model, images)
-        assert maps.layout.num_prefix_tokens == 1 and maps.layout.grid == (4, 4)
-        np.testing.assert_allclose(maps.weights, torch.stack(own).numpy(), atol=1e-6)
-    assert sdpa.config._attn_implementation == "sdpa"
-    assert gradient_rollout(sdpa, images).maps.shape == (2, 1, 4, 4)
-    assert attributions(sdpa, images, method="gradcam").maps.shape == (2, 1, 32, 32)
-
-
-def test_hf_deit_distilled_capture() -> None:
-    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
-
-    model = DeiTForImageClassificationWithTeacher(_hf_config(DeiTConfig, attn_implementation="eager")).eval()
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        own = model(pixel_values=images, output_attentions=True).attentions
-    maps = attention_maps(model, images)
-    assert maps.layout.num_prefix_tokens == 2 and maps.layout.dist_index == 1
-    np.testing.assert_allclose(maps.weights, torch.stack(own).numpy(), atol=1e-6)
-    assert attention_rollout(model, images, source="both").maps.shape == (2, 2, 4, 4)

@@ -93,9 +93,7 @@ class AttentionCapture:
                 raise UserError(f"layer {site.index}: keys computed before queries; unsupported layout")
             with torch.no_grad():
                 attention = site.attention(query.detach(), site.split_k(output).detach())
-            layout = self.recording.layout
-            if attention.shape[-1] != layout.num_tokens:
-                layout.check(attention.shape[-1])
+            self.recording.layout.check(attention.shape[-1])
             self._seen.append(site.index)
             self.on_attention(site.index, attention)
         return hook

@@ -124,8 +124,10 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fus
     loaded, batches = prepared(model, data)
     amodel = attention_model(loaded)
     start = select([start_layer], amodel.num_layers, "layer")[0]
-    fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validate before any work
-    discard_lowest(torch.zeros(1, 1, 1), discard_ratio, 0)
+    if head_fusion not in HEAD_FUSIONS:
+        raise UserError(f"unknown head fusion {head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise UserError(f"the discard ratio must be in [0, 1), got {discard_ratio}")
     maps, targets, sources, input_size = [], [], None, None
     for images, _ in device_batches(loaded, batches):
         layout = amodel.layout(tuple(images.shape[-2:]))

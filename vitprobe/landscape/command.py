@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,7 @@ def run(ctx: RunContext) -> None:
             ctx.log(f"{label}: shard {shard[0]}/{shard[1]} computed {result.info['computed']} points; when "
                     "every shard is done, run the same command with --resume and without --shard to merge")
             continue
-        results.append(result)
+        results.append(replace(result, directions=[]))  # the figures need only the surfaces
         ctx.add_rows(result.to_frame())
         _write_npz(ctx, results)
     if results:

@@ -106,11 +106,11 @@ def cosine(a: Direction, b: Direction) -> float:
 
 def orthogonalize(first: Direction, second: Direction) -> tuple[Direction, float]:
     """``second`` minus its projection on ``first`` (Gram-Schmidt), and their cosine before."""
-    before = cosine(first, second)
-    squared = dot(first, first)
-    if squared == 0:
-        raise UserError("the first landscape direction is zero: nothing to orthogonalise against")
-    coefficient = dot(first, second) / squared
+    first_squared, second_squared, product = dot(first, first), dot(second, second), dot(first, second)
+    if first_squared == 0 or second_squared == 0:
+        raise UserError("a landscape direction is zero: the model has no parameter the policy moves")
+    coefficient = product / first_squared
+    before = product / (first_squared * second_squared) ** 0.5
     return {n: second[n] - coefficient * first[n] for n in second}, before
 
 

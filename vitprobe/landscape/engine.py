@@ -81,7 +81,7 @@ def loss_landscape(
     ``torchrun`` the ranks share the points dynamically and every rank gets the whole result.
     ``on_point(k, alpha, beta, loss, accuracy)`` is called after each computed point.
     """
-    modules = [getattr(m, "module", m) for m in (model, to) if m is not None]
+    modules = [m.module if isinstance(m, LoadedModel) else m for m in (model, to) if m is not None]
     flags = [(m, m.training) for module in modules for m in module.modules()]
     try:
         return _landscape(as_loaded(model), as_batches(data), directions, Grid.make(grid, span, beta_span),

@@ -1,8 +1,10 @@
 """Evaluating one landscape point: set the weights, (re)calibrate BatchNorm, measure the loss.
 
-Every point is set from an untouched copy of the weights, w = (theta0 + a d1) + b d2, so no
+Every point is set from an untouched copy of the weights, w = (theta0 + b d2) + a d1, so no
 error accumulates along the walk and a point's value does not depend on which points came
-before it (or on which worker computed it). The centre (a = b = 0) is theta0 bit for bit.
+before it (or on which worker computed it). The row term theta0 + b d2 is computed once per
+value of b (from the copy, never from the previous point), so a point costs one pass over the
+weights. The centre (a = b = 0) is theta0 bit for bit.
 :class:`WeightSpace` puts every parameter, buffer and training flag back on exit, whatever
 ends the block (an exception or a KeyboardInterrupt included).
 """
@@ -24,7 +26,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class WeightSpace:
-    """Moves ``module`` to theta0 + a * d1 + b * d2 and back.
+    """Moves ``module`` to (theta0 + b * d2) + a * d1 and back.
 
     ``d1`` (and ``d2``) map parameter or buffer names to tensors; names whose direction is
     zero everywhere are never written. Buffers whose name ends in ``running_var`` are clamped
@@ -41,22 +43,37 @@ class WeightSpace:
             second = _nonzero(d2.get(name)) if d2 is not None else None
             if first is not None or second is not None:
                 self._moving.append((name, tensor, tensor.detach().clone(), first, second))
+        self._rows: list[torch.Tensor | None] = [None] * len(self._moving)
+        self._row_storage: list[torch.Tensor | None] = [None] * len(self._moving)
+        self._row_beta: float | None = None
         # buffers BatchNorm recalibration may rewrite, and every module's train/eval flag
         self._buffers = [(b, b.detach().clone()) for _, b in module.named_buffers()]
         self._flags = [(m, m.training) for m in module.modules()]
 
     def set(self, alpha: float, beta: float) -> None:
-        """Write theta0 + alpha * d1 + beta * d2 into the module."""
+        """Write (theta0 + beta * d2) + alpha * d1 into the module."""
         with torch.no_grad():
-            for name, tensor, base, first, second in self._moving:
+            if beta != self._row_beta:
+                self._set_row(beta)
+            for (name, tensor, _, first, _), row in zip(self._moving, self._rows):
                 if alpha != 0 and first is not None:
-                    torch.add(base, first, alpha=alpha, out=tensor)
+                    torch.add(row, first, alpha=alpha, out=tensor)
                 else:
-                    tensor.copy_(base)
-                if beta != 0 and second is not None:
-                    tensor.add_(second, alpha=beta)
+                    tensor.copy_(row)
                 if name.endswith("running_var"):
                     tensor.clamp_(min=0)
+
+    def _set_row(self, beta: float) -> None:
+        """theta0 + beta * d2 for every moving tensor (theta0 itself where that is exact)."""
+        for i, (_, _, base, _, second) in enumerate(self._moving):
+            if beta == 0 or second is None:
+                self._rows[i] = base
+                continue
+            if self._row_storage[i] is None:
+                self._row_storage[i] = torch.empty_like(base)
+            torch.add(base, second, alpha=beta, out=self._row_storage[i])
+            self._rows[i] = self._row_storage[i]
+        self._row_beta = beta
 
     def restore(self) -> None:
         """Put back every parameter, buffer and training flag exactly as they were."""

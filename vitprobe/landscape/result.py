@@ -18,7 +18,7 @@ class LandscapeResult:
     """Loss and accuracy at theta0 + alpha * d1 + beta * d2.
 
     ``loss`` and ``accuracy`` have shape ``[len(betas), len(alphas)]`` (rows beta, columns
-    alpha); a 1-D slice has one row and ``betas == [0.0]``. Points a ``--shard`` job did not
+    alpha); a 1-D slice has one row and ``betas == [0.0]``, and ``loss[0]`` is its curve. Points a ``--shard`` job did not
     compute are NaN (``complete`` is False). ``directions`` holds d1 (and d2) on the CPU;
     ``cosine`` is cos(d1, d2) before d2 was orthogonalised (None in 1-D). ``info`` records
     the run key, the policy, eigenvalues for ``eigen`` directions, and how many points this
@@ -37,7 +37,7 @@ class LandscapeResult:
 
     @property
     def is_1d(self) -> bool:
-        return len(self.directions) == 1
+        return len(self.betas) == 1
 
     @property
     def complete(self) -> bool:
@@ -50,14 +50,17 @@ class LandscapeResult:
         return self.loss if metric == "loss" else self.accuracy
 
     def at(self, alpha: float, beta: float = 0.0, metric: str = "loss") -> float:
-        """The value at grid coordinates (alpha, beta) (which must be on the grid)."""
-        column = int(np.flatnonzero(self.alphas == alpha)[0])
-        row = int(np.flatnonzero(self.betas == beta)[0])
-        return float(self.surface(metric)[row, column])
+        """The value at grid coordinates (alpha, beta), which must be grid points."""
+        columns, rows = np.flatnonzero(self.alphas == alpha), np.flatnonzero(self.betas == beta)
+        if columns.size == 0 or rows.size == 0:
+            raise ValueError(f"({alpha}, {beta}) is not a point of this grid")
+        return float(self.surface(metric)[rows[0], columns[0]])
 
     @property
     def center(self) -> dict[str, float]:
-        """Loss and accuracy of the unperturbed model (alpha = beta = 0)."""
+        """Loss and accuracy of the unperturbed model (alpha = beta = 0); NaN off the grid."""
+        if not (self.alphas == 0).any() or not (self.betas == 0).any():
+            return {metric: float("nan") for metric in METRICS}
         return {metric: self.at(0.0, 0.0, metric) for metric in METRICS}
 
     def to_frame(self) -> pd.DataFrame:

@@ -119,3 +119,15 @@ def test_unknown_metric_and_empty_folder_are_user_errors(runs, tmp_path, capsys)
 ])
 def test_format_cell(value, error, text) -> None:
     assert format_cell(value, error) == text
+
+
+def test_zero_width_intervals_are_not_uncertainties() -> None:
+    import pandas as pd
+
+    from vitprobe.studies.pivot import legend, pivot
+
+    frame = pd.DataFrame({"model": ["a", "a"], "metric": ["exact", "noisy"], "value": [2.0, 3.0],
+                          "ci_low": [2.0, 2.5], "ci_high": [2.0, 3.5], "run": "r", "analysis": "x"})
+    table = pivot(frame)
+    assert table.kinds == {"noisy": "ci"}
+    assert legend(table) == "± is the half-width of the confidence interval for noisy."

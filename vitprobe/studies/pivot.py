@@ -138,8 +138,9 @@ def pivot(frame: pd.DataFrame, metrics: list[str] | None = None,
         labels = [_label(name, qualifiers, row) for _, row in rows.iterrows()]
         cells.append(pd.DataFrame({"run": rows["run"], "model": rows["model"], "column": labels,
                                    "value": rows["value"].astype(float), "error": errors}))
-        if kind:
-            kinds.update({label: kind for label in labels})
+        if kind:  # only columns where some value really carries an uncertainty
+            kinds.update({label: kind for label, error in zip(labels, errors)
+                          if math.isfinite(error) and error > 0})
     table = pd.concat(cells, ignore_index=True)
     table["row"] = _row_labels(table)
     rows_order = list(dict.fromkeys(table["row"]))

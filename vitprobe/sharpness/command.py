@@ -1,0 +1,169 @@
+"""``python -m vitprobe sharpness``: top-k Hessian eigenvalues, trace, density, SAM and Keskar
+sharpness, per model; with no ``--model`` it compares the demo zoo (ViT vs ResNet, AdamW vs SAM).
+
+``sharpness.csv`` holds tidy rows: ``metric`` = ``eigenvalue`` (``k`` = 1 for the largest, with
+``residual`` and ``hvps``), ``trace`` (``std_error``), ``slq_node`` (``weight``, ``vector``),
+``sam_sharpness`` (``rho``, ``steps``, ``m``), ``keskar_sharpness`` (``epsilon``); every row has
+``model``, ``family``, ``optimizer``, ``value``, ``seconds``, ``num_images``, ``num_params``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import numpy as np
+import pandas as pd
+
+from vitprobe.command import Command, RunContext
+from vitprobe.errors import UserError
+from vitprobe.models.loaded import LoadedModel
+from vitprobe.sharpness.density import hessian_density
+from vitprobe.sharpness.figures import density_plot, eigenvalue_bars, eigenvalue_comparison
+from vitprobe.sharpness.keskar import keskar_sharpness
+from vitprobe.sharpness.operator import HessianOperator
+from vitprobe.sharpness.results import SpectrumResult
+from vitprobe.sharpness.sam import sam_sharpness
+from vitprobe.sharpness.spectrum import METHODS, hessian_spectrum
+from vitprobe.sharpness.trace import hessian_trace
+
+DEFAULT_NUM_IMAGES = 128
+DEFAULT_RHO = 0.05
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sharpness")
+    group.add_argument("--top-k", type=int, default=1, metavar="K", help="eigenvalues to compute (default: 1)")
+    group.add_argument("--method", choices=METHODS, default="lanczos",
+                       help="eigen-solver: lanczos (default), power (baseline), pyhessian (PyHessian's own code)")
+    group.add_argument("--tol", type=float, default=1e-3, metavar="T",
+                       help="stop when ||Hv - lambda v|| / |lambda| < T for every eigenvalue (default: 1e-3; "
+                            "pyhessian: relative change of lambda)")
+    group.add_argument("--max-iter", type=int, default=100, metavar="N",
+                       help="most Hessian-vector products (per eigenvalue for power / pyhessian)")
+    group.add_argument("--params", metavar="REGEX",
+                       help="restrict the Hessian to parameters whose name matches, e.g. 'blocks\\.3\\.' or 'layer4'")
+    group.add_argument("--trace", action="store_true", help="also estimate the Hessian trace")
+    group.add_argument("--trace-method", choices=("hutch++", "hutchinson"), default="hutch++")
+    group.add_argument("--trace-samples", type=int, default=60, metavar="N",
+                       help="Hessian-vector products for the trace (default: 60)")
+    group.add_argument("--density", action="store_true",
+                       help="also estimate the eigenvalue density (stochastic Lanczos quadrature)")
+    group.add_argument("--density-vectors", type=int, default=4, metavar="N")
+    group.add_argument("--density-steps", type=int, default=48, metavar="M")
+    group.add_argument("--density-no-reorth", action="store_true",
+                       help="keep 2 Lanczos vectors instead of M (for models too large for M copies)")
+    group.add_argument("--sam-rho", type=float, nargs="+", action="extend", metavar="R",
+                       help=f"SAM sharpness radius, repeatable or a list (default: {DEFAULT_RHO})")
+    group.add_argument("--sam-steps", type=int, default=1, metavar="S", help="ascent steps (default: 1)")
+    group.add_argument("--sam-adaptive", action="store_true", help="ASAM's scale-invariant ball")
+    group.add_argument("--sam-m", type=int, metavar="M", help="m-sharpness: micro-batches of M images")
+    group.add_argument("--no-sam", action="store_true", help="skip SAM sharpness")
+    group.add_argument("--keskar", type=float, nargs="?", const=1e-3, metavar="EPS",
+                       help="also Keskar et al.'s epsilon-sharpness (default EPS: 1e-3)")
+    group.add_argument("--keep-graphs", choices=("auto", "yes", "no"), default="auto",
+                       help="keep per-batch gradient graphs between products (default: when memory allows)")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.top_k < 1 or args.tol <= 0 or args.max_iter < 1:
+        raise UserError("--top-k and --max-iter must be positive and --tol above 0")
+    if args.params is not None:
+        try:
+            re.compile(args.params)
+        except re.error as error:
+            raise UserError(f"--params {args.params!r} is not a regular expression: {error}") from None
+
+
+def _labels(model: LoadedModel) -> dict[str, str]:
+    return {"family": model.family, "optimizer": str(model.info.get("optimizer", ""))}
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+
+
+def run(ctx: RunContext) -> None:
+    args = ctx.args
+    _check(args)
+    keep = {"auto": "auto", "yes": True, "no": False}[args.keep_graphs]
+    rhos = [] if args.no_sam else (args.sam_rho or [DEFAULT_RHO])
+    spectra: list[SpectrumResult] = []
+    summary: list[dict] = []
+    for model in ctx.models():
+        data = ctx.data(model)
+        extra = _labels(model)
+        ctx.log(f"sharpness: {model.label} on {data.num_images} images")
+        operator = HessianOperator(model, data, params=args.params, keep_graphs=keep)
+        spectrum = hessian_spectrum(model, k=args.top_k, tol=args.tol, method=args.method,
+                                    max_iter=args.max_iter, params=args.params, seed=args.seed,
+                                    operator=operator)
+        spectra.append(spectrum)
+        ctx.add_rows(spectrum.to_frame().assign(**extra))
+        row = {"model": model.label, **extra, "loss": spectrum.loss,
+               **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
+               "hvps": spectrum.total_hvps}
+        if args.trace:
+            trace = hessian_trace(model, method=args.trace_method, num_samples=args.trace_samples,
+                                  seed=args.seed, params=args.params, operator=operator)
+            ctx.add_rows(trace.to_frame().assign(**extra))
+            row.update(trace=trace.trace, trace_se=trace.std_error)
+            row["hvps"] += trace.hvps
+        if args.density:
+            density = hessian_density(model, num_vectors=args.density_vectors, steps=args.density_steps,
+                                      reorthogonalise=not args.density_no_reorth, seed=args.seed,
+                                      params=args.params, operator=operator)
+            ctx.add_rows(density.to_frame().assign(**extra))
+            ctx.save_figure(density_plot(density), f"density-{_safe(model.label)}")
+            row["hvps"] += density.hvps
+        operator.release()
+        if rhos:
+            sam = sam_sharpness(model, data, rho=rhos, steps=args.sam_steps, adaptive=args.sam_adaptive,
+                                m=args.sam_m, params=args.params)
+            ctx.add_rows(sam.to_frame().assign(**extra))
+            row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
+        if args.keskar is not None:
+            keskar = keskar_sharpness(model, data, epsilon=args.keskar, params=args.params, seed=args.seed)
+            ctx.add_rows(keskar.to_frame().assign(**extra))
+            row[f"keskar_{args.keskar:g}"] = keskar.sharpness
+        ctx.save_figure(eigenvalue_bars(spectrum), f"eigenvalues-{_safe(model.label)}")
+        summary.append(row)
+    if len(spectra) > 1:
+        ctx.save_figure(eigenvalue_comparison(spectra), "eigenvalues")
+    table = pd.DataFrame(summary)
+    ctx.print_table(table)
+    comparison = compare(table)
+    if not comparison.empty:
+        ctx.print_table(comparison)
+
+
+def compare(table: pd.DataFrame) -> pd.DataFrame:
+    """Ratios of lambda_1 (and the other sharpness columns): ViT over ResNet for each optimizer,
+    SAM over AdamW for each family, where both models are in the table."""
+    metrics = [c for c in table.columns if c == "lambda_1" or c == "trace" or c.startswith(("sam_", "keskar_"))]
+    rows = []
+
+    def first(**where) -> pd.Series | None:
+        mask = np.logical_and.reduce([table[k] == v for k, v in where.items()])
+        return table[mask].iloc[0] if mask.any() else None
+
+    for optimizer in dict.fromkeys(table["optimizer"]):
+        vit, cnn = first(family="vit", optimizer=optimizer), first(family="cnn", optimizer=optimizer)
+        if vit is not None and cnn is not None:
+            rows.append({"comparison": f"ViT / ResNet ({optimizer or 'same optimizer'})",
+                         **{m: vit[m] / cnn[m] for m in metrics}})
+    for family in dict.fromkeys(table["family"]):
+        sam, adamw = first(family=family, optimizer="sam"), first(family=family, optimizer="adamw")
+        if sam is not None and adamw is not None:
+            rows.append({"comparison": f"SAM / AdamW ({family})", **{m: sam[m] / adamw[m] for m in metrics}})
+    return pd.DataFrame(rows)
+
+
+COMMANDS = [Command(
+    name="sharpness",
+    help="Hessian eigenvalues, trace and density; SAM and Keskar sharpness (ViT vs ResNet, AdamW vs SAM)",
+    add_arguments=add_arguments,
+    run=run,
+    default_num_images=DEFAULT_NUM_IMAGES,
+    default_batch_size=64,
+)]

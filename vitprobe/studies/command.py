@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from vitprobe import distributed
 from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.report.files import write_text
@@ -39,7 +40,7 @@ def execute(ctx: RunContext, recipe: Recipe, default_out: Path) -> tuple[Path, l
     ctx.out = out
     outcomes = run_recipe(recipe, out, overrides(ctx), only=ctx.args.only,
                           force=ctx.args.force, quiet=ctx.args.quiet)
-    for note in copy_gallery(recipe, out):
+    for note in copy_gallery(recipe, out) if distributed.is_main() else []:
         ctx.log(note)
     ctx.print_table(pd.DataFrame([vars(o) for o in outcomes]))
     failed = [o for o in outcomes if o.status == "failed"]
@@ -109,8 +110,8 @@ def demo(ctx: RunContext) -> None:
     from vitprobe.studies.demo import demo_recipe, findings
 
     out, outcomes = execute(ctx, demo_recipe(ctx.args.recipe), Path("vitprobe-out") / "demo")
-    print()
-    print("\n".join(findings(out, outcomes)))
+    if distributed.is_main():
+        print("\n" + "\n".join(findings(out, outcomes)))
 
 
 COMMANDS = [

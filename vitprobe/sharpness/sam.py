@@ -3,9 +3,11 @@
 S_rho(w) = max over ||T^-1 eps||_2 <= rho of L(w + eps) - L(w). ``adaptive=False``: T = I (SAM).
 ``adaptive=True``: T = diag(|w| + eta), the scale-invariant ball of ASAM (Kwon, Kim, Park & Choi
 2021). One step of ascent gives eps = rho T^2 g / ||T g|| (Foret et al., eq. 2; Kwon et al., eq. 7).
-More steps run projected normalised gradient ascent in the ball, from 0 with step 2.5 rho / steps
-(Madry et al. 2018), and keep the largest loss met: a lower bound of the maximum that grows with
-the steps. m-sharpness (Foret et al., section 4.1): the maximum is taken separately on each
+More steps repeat
+that step from the perturbed point, eps_{t+1} = rho T^2 g(w + eps_t) / ||T g(w + eps_t)||: projected
+gradient ascent with an unbounded step (the ball's linear maximisation oracle), which raises the loss
+monotonically when L is convex in the ball; the largest loss met is kept, a lower bound of the
+maximum that only grows with the steps. m-sharpness (Foret et al., section 4.1): the maximum is taken separately on each
 micro-batch of m images and the results are averaged over images. The model's weights are restored
 bit for bit afterwards.
 """
@@ -56,20 +58,14 @@ class _Ascent:
         """The largest loss found in the ball of radius ``rho`` (weights left perturbed)."""
         if rho == 0:
             return self.loss
-        step = rho if steps == 1 else 2.5 * rho / steps
-        delta = [torch.zeros_like(p) for p in self.params]
         grad, best = self.grad, self.loss
         for t in range(steps):
             direction = [s * g for s, g in zip(self.scale, grad)]  # gradient with respect to delta
             length = _norm(direction)
             if length == 0:
                 break
-            delta = [d + step / length * g for d, g in zip(delta, direction)]
-            radius = _norm(delta)
-            if radius > rho:
-                delta = [d * (rho / radius) for d in delta]
-            last = t == steps - 1
-            loss, grad = self._evaluate(delta, with_grad=not last)
+            delta = [rho / length * d for d in direction]
+            loss, grad = self._evaluate(delta, with_grad=t < steps - 1)
             best = max(best, loss)
         return best
 

@@ -5,7 +5,7 @@ machine contention hits them alike; the ratio of the medians is reported. Gradie
 and mean attention distance are timed the same way for reference. Goal: rollout within 1.3x
 of the forward pass.
 
-    OMP_NUM_THREADS=2 python benchmarks/attention.py [--repeats 15] [--out benchmarks/results/attention.md]
+    OMP_NUM_THREADS=1 python benchmarks/attention.py [--repeats 15] [--out benchmarks/results/attention.md]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitprobe.attention import attention_rollout, gradient_rollout, mean_attention_distance
 from vitprobe.models.demo import build_architecture
+from vitprobe.models.loaded import as_loaded
 
 CASES = {
     # name: (builder, batch size, input size)
@@ -32,27 +33,31 @@ CASES = {
 }
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> dict[str, tuple[float, float]]:
-    """(median, min) seconds per call of each side, interleaved."""
+    """Median (wall, CPU) seconds per call of each side, run interleaved. The analyses get a
+    ``LoadedModel``, as the command line gives them (a plain module is wrapped on every call)."""
+    loaded = as_loaded(model)
     sides = {
         "forward": lambda: torch.no_grad()(model)(images),
-        "rollout": lambda: attention_rollout(model, images),
-        "grad_rollout": lambda: gradient_rollout(model, images),
-        "distance": lambda: mean_attention_distance(model, images),
+        "rollout": lambda: attention_rollout(loaded, images),
+        "grad_rollout": lambda: gradient_rollout(loaded, images),
+        "distance": lambda: mean_attention_distance(loaded, images),
     }
     for fn in sides.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
             times[name].append(timed(fn))
-    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
+    return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+            for name, values in times.items()}
 
 
 def main() -> None:
@@ -66,9 +71,10 @@ def main() -> None:
         "",
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, CPU, fp32, timm fused attention on (default). "
-        f"{args.repeats} interleaved repeats; maps/s = images / median seconds. Time ratios "
-        "against the forward pass: median (min) over repeats; the min is the least disturbed "
-        "by other processes on a shared machine.",
+        f"{args.repeats} interleaved repeats; maps/s = images / median wall seconds. Ratios "
+        "against the forward pass: median wall time (median process CPU time). On a shared "
+        "machine the CPU-time ratio is the one other processes disturb least (meaningful with "
+        "OMP_NUM_THREADS=1).",
         "",
         "| model | batch | forward maps/s | rollout maps/s | rollout / forward | "
         "grad-rollout / forward | distance / forward |",
@@ -78,11 +84,11 @@ def main() -> None:
         model = build().eval()
         images = torch.randn(batch, 3, size, size)
         seconds = bench(model, images, args.repeats)
-        (fwd, fwd_min) = seconds["forward"]
+        fwd, fwd_cpu = seconds["forward"]
 
         def ratio(side: str) -> str:
-            median, low = seconds[side]
-            return f"{median / fwd:.2f}x ({low / fwd_min:.2f}x)"
+            wall, cpu = seconds[side]
+            return f"{wall / fwd:.2f}x ({cpu / fwd_cpu:.2f}x)"
 
         lines.append(f"| {name} | {batch} | {batch / fwd:.1f} | {batch / seconds['rollout'][0]:.1f} | "
                      f"{ratio('rollout')} | {ratio('grad_rollout')} | {ratio('distance')} |")

@@ -56,9 +56,9 @@ def discard_lowest(fused: torch.Tensor, ratio: float, protected: int) -> torch.T
 
 def residual_normalise(fused: torch.Tensor) -> torch.Tensor:
     """(A + I) with every row renormalised to sum 1 (row sums kept as (..., N, 1))."""
-    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-    augmented = fused + eye
-    return augmented / augmented.sum(dim=-1, keepdim=True)
+    augmented = fused.clone()
+    augmented.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return augmented.div_(augmented.sum(dim=-1, keepdim=True))
 
 
 def rollout_layer(attention: torch.Tensor, fusion: str, discard_ratio: float,

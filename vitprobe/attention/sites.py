@@ -52,10 +52,10 @@ class AttentionSite:
 
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T * scale) in the operation order of the model's own math path."""
-        if self.scale_queries_first:  # timm: q = q * scale; q @ k^T
-            scores = (q * self.scale) @ k.transpose(-2, -1)
-        else:  # transformers eager: (q @ k^T) * scaling, softmax in float32
-            scores = (q @ k.transpose(-2, -1)) * self.scale
+        if self.scale_queries_first:  # timm: q = q * scale; q @ k^T; softmax in q's dtype
+            return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        # transformers eager: (q @ k^T) * scaling, softmax in float32
+        scores = (q @ k.transpose(-2, -1)) * self.scale
         return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
 
 

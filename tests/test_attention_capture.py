@@ -140,3 +140,41 @@ def test_data_forms_are_accepted(tiny_vit, tiny_batches) -> None:
         np.testing.assert_allclose(attention_rollout(tiny_vit, data).maps, base, atol=1e-6)
     by_label = gradient_rollout(tiny_vit, tiny_batches, target="label")
     np.testing.assert_array_equal(by_label.targets, labels.numpy())
+
+
+def test_attributions_match_captum_run_directly(tiny_resnet) -> None:
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+
+    images = torch.randn(3, 3, 16, 16)
+    target = tiny_resnet(images).argmax(-1)
+    cam = attributions(tiny_resnet, images, method="gradcam")
+    assert cam.options["layer"] == "layer2"  # the last stage with 2x2 positions at 16 px
+    expected = LayerGradCam(tiny_resnet, tiny_resnet.layer2).attribute(images, target=target,
+                                                                      relu_attributions=True)
+    expected = LayerAttribution.interpolate(expected, (16, 16), "bilinear")
+    np.testing.assert_allclose(cam.maps, expected.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert attributions(tiny_resnet, torch.randn(1, 3, 64, 64), method="gradcam").options["layer"] == "layer4"
+    sal = attributions(tiny_resnet, images, method="saliency")
+    grad = Saliency(tiny_resnet).attribute(images.clone().requires_grad_(), target=target)
+    np.testing.assert_allclose(sal.maps[:, 0], grad.amax(1).detach().numpy(), rtol=1e-5, atol=1e-8)
+    ig = attributions(tiny_resnet, images, method="captum-ig", n_steps=8)
+    ref = IntegratedGradients(tiny_resnet).attribute(images, target=target, baselines=0.0, n_steps=8)
+    np.testing.assert_allclose(ig.maps[:, 0], ref.abs().sum(1).detach().numpy(), rtol=1e-4, atol=1e-7)
+    assert ig.maps.shape == (3, 1, 16, 16)
+
+
+def test_vit_gradcam_uses_the_last_block_input_tokens(tiny_vit) -> None:
+    """Grad-CAM of a ViT by hand: gradient of the logit w.r.t. the last block's input patch
+    tokens, channel weights = mean over patches, ReLU(sum_c w_c x_c) on the 4x4 grid."""
+    images = torch.randn(2, 3, 16, 16)
+    cam = attributions(tiny_vit, images, method="gradcam", target=2)
+    seen = []
+    handle = tiny_vit.blocks[-1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    logits = tiny_vit(images)
+    handle.remove()
+    grad = torch.autograd.grad(logits[:, 2].sum(), seen[0])[0][:, 1:]
+    tokens = seen[0][:, 1:]
+    weights = grad.mean(1, keepdim=True)
+    by_hand = torch.relu((weights * tokens).sum(-1)).reshape(2, 1, 4, 4)
+    by_hand = torch.nn.functional.interpolate(by_hand, size=(16, 16), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(cam.maps, by_hand.detach().numpy(), rtol=1e-4, atol=1e-7)

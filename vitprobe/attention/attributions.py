@@ -6,7 +6,8 @@
   channels of |d logit / d input|.
 - ``gradcam``: Selvaraju et al. 2017 (captum ``LayerGradCam``, ReLU'd) on the last stage,
   bilinearly upsampled to the input. For a CNN the last stage is timm's last
-  ``feature_info`` module (``layer4`` of a ResNet) or the ``layer`` given. A ViT's last stage
+  ``feature_info`` module with at least 2x2 positions at the input size (``layer4`` of a
+  ResNet at 224 px, ``layer3`` at 32 px) or the ``layer`` given. A ViT's last stage
   is the token sequence entering its last block: the patch tokens are laid out as a
   (B, C, rows, cols) grid by an identity module (:class:`TokenGrid`) so that captum sees the
   layout Grad-CAM assumes; the values passed on are unchanged. (The last block's *output*
@@ -62,22 +63,39 @@ class ViTLastStage:
             handle.remove()
 
 
-def cnn_last_stage(module: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    """The layer Grad-CAM uses for a CNN: ``layer`` (a module or its name), else timm's last
-    ``feature_info`` entry."""
+def cnn_last_stage(module: nn.Module, layer: nn.Module | str | None,
+                   input_size: tuple[int, int]) -> tuple[nn.Module, str]:
+    """The layer Grad-CAM uses for a CNN and its name: ``layer`` (a module or its name), else
+    the last timm ``feature_info`` stage that still has at least 2x2 positions for an input of
+    ``input_size`` (a 32-pixel input leaves a stride-32 ResNet's last stage at 1x1, where a
+    Grad-CAM map is a constant)."""
     if isinstance(layer, nn.Module):
-        return layer
+        return layer, type(layer).__name__
     name = layer
     if name is None:
         info = getattr(module, "feature_info", None)
         if not info:
             raise UserError(f"{type(module).__name__} has no timm feature_info: pass layer= "
                             "(the module or name of its last convolutional stage)")
-        name = info[-1]["module"]
+        spatial = [stage for stage in info if min(input_size[0] // stage["reduction"],
+                                                   input_size[1] // stage["reduction"]) >= 2]
+        name = (spatial or info)[-1]["module"]
     try:
-        return module.get_submodule(name)
+        return module.get_submodule(name), name
     except AttributeError as error:
         raise UserError(f"no layer named {name!r} in {type(module).__name__}") from error
+
+
+def _gradcam(forward, vit_stage: ViTLastStage | None, module: nn.Module, layer, images: torch.Tensor,
+             target: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """ReLU'd Grad-CAM upsampled to the input, and the name of the layer it used."""
+    if vit_stage is not None:
+        explainer, name = LayerGradCam(vit_stage, vit_stage.grid), "last block input (patch grid)"
+    else:
+        stage, name = cnn_last_stage(module, layer, tuple(images.shape[-2:]))
+        explainer = LayerGradCam(forward, stage)
+    attr = explainer.attribute(images, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear"), name
 
 
 def _is_transformer(loaded: LoadedModel) -> bool:
@@ -97,14 +115,13 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
         raise UserError(f"unknown attribution method {method!r}; choose from {', '.join(ATTRIBUTION_METHODS)}")
     loaded, batches = prepared(model, data)
     module = loaded.module
-    if method == "gradcam" and _is_transformer(loaded):
-        forward = ViTLastStage(attention_model(loaded))
-        explainer = LayerGradCam(forward, forward.grid)
-    else:
-        def forward(images: torch.Tensor) -> torch.Tensor:
-            return model_logits(module, images)
-        explainer = {"captum-ig": IntegratedGradients, "saliency": Saliency}.get(method)
-        explainer = explainer(forward) if explainer else LayerGradCam(forward, cnn_last_stage(module, layer))
+    vit_stage = (ViTLastStage(attention_model(loaded))
+                 if method == "gradcam" and _is_transformer(loaded) else None)
+    options: dict = {"n_steps": n_steps} if method == "captum-ig" else {}
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return model_logits(module, images)
+
     maps, targets, offset, input_size = [], [], 0, None
     for images, labels in device_batches(loaded, batches):
         with torch.no_grad():
@@ -112,18 +129,17 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
         if method != "gradcam":
             images = images.clone().requires_grad_(True)
         if method == "captum-ig":
-            attr = explainer.attribute(images, target=chosen, baselines=0.0, n_steps=n_steps,
-                                       internal_batch_size=len(images)).abs().sum(1, keepdim=True)
+            attr = IntegratedGradients(forward).attribute(
+                images, target=chosen, baselines=0.0, n_steps=n_steps,
+                internal_batch_size=len(images)).abs().sum(1, keepdim=True)
         elif method == "saliency":
-            attr = explainer.attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
+            attr = Saliency(forward).attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
         else:
-            attr = explainer.attribute(images, target=chosen, relu_attributions=True)
-            attr = LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear")
+            attr, options["layer"] = _gradcam(forward, vit_stage, module, layer, images, chosen)
         maps.append(attr.detach().float().cpu())
         targets.append(chosen.cpu().numpy())
         offset += len(images)
         input_size = tuple(images.shape[-2:])
     return SaliencyMaps(model=loaded.label, method=method.replace("-", "_"),
                         maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
-                        targets=np.concatenate(targets), options={"n_steps": n_steps}
-                        if method == "captum-ig" else {})
+                        targets=np.concatenate(targets), options=options)

@@ -18,8 +18,11 @@ from vitprobe.attention.maps import SaliencyMaps  # noqa: E402
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
+    """Scaled to [0, 1]; a map constant up to rounding is drawn as zero, not as amplified noise."""
     low, high = float(values.min()), float(values.max())
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if high - low <= 1e-6 * max(abs(high), abs(low), 1e-30):
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
 
 
 def _show(ax, image: np.ndarray) -> None:

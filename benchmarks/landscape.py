@@ -18,6 +18,7 @@ what an fsync per point would cost. Goal: grid within 1.15x.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -29,7 +30,7 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from vitprobe.data import load_data
 from vitprobe.landscape import Grid, loss_landscape, random_direction
-from vitprobe.landscape.evaluate import WeightSpace
+from vitprobe.landscape.evaluate import WeightSpace, evaluate
 from vitprobe.landscape.store import PartStore
 from vitprobe.models.demo import build_architecture
 from vitprobe.progress import set_quiet
@@ -93,7 +94,37 @@ def bench(model: torch.nn.Module, num_images: int, grid: str, repeats: int) -> d
     row["setup_cpu"] = row["grid_cpu"] - points * row["per_point_cpu"]
     row.update(points=points, images=num_images, params=sum(p.numel() for p in model.parameters()))
     row.update(overheads(model))
+    row["point_ratio"] = point_ratio(model, data)
     return row
+
+
+def point_ratio(model: torch.nn.Module, data, count: int = 40) -> float:
+    """Median over ``count`` alternations of (one grid point: set weights, evaluate, append)
+    over (one forward pass over the subset): the per-point ratio, interleaved point by point."""
+    generator = torch.Generator().manual_seed(0)
+    d1, d2 = random_direction(model, generator), random_direction(model, generator)
+    space = WeightSpace(model, d1, d2)
+    ratios = []
+    with space.active(), tempfile.TemporaryDirectory() as folder:
+        store = PartStore(folder, {"benchmark": True}, "part-all")
+        store.open(fresh=True)
+
+        def forward() -> None:
+            with torch.inference_mode():
+                for images, _ in data:
+                    model(images)
+
+        for i in range(count):
+            _, base = timed(forward)
+
+            def point() -> None:
+                space.set(0.1 * (i % 7 - 3), 0.2 * (i // 7))
+                loss, accuracy = evaluate(model, data)
+                store.append(i, 0.0, 0.0, loss, accuracy)
+            _, grid_point = timed(point)
+            ratios.append(grid_point / base)
+        store.close()
+    return statistics.median(ratios)
 
 
 def overheads(model: torch.nn.Module, count: int = 50) -> dict[str, float]:
@@ -126,19 +157,22 @@ def main() -> None:
         "# Landscape grid time vs points x one forward pass",
         "",
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, grid {args.grid}, median of {args.repeats} interleaved repeats. "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        f"at the start, grid {args.grid}, median of {args.repeats} interleaved repeats. "
         "Baseline: one forward pass over the subset per point (inference mode, no loss). Grid: "
         "`loss_landscape(..., store=tmp)` (weights set from the untouched copy, loss and accuracy, "
         "each point appended and flushed, fsync'd once a second). CPU = this process's CPU time "
         "(robust to other processes on the machine); wall = elapsed time. Per-point ratio: the grid's "
         f"CPU time per extra point (from this grid and a {SMALL_GRID} grid) over one baseline point; setup: "
-        "the grid's fixed CPU cost (directions, hashes of weights and data, store). Set weights, append "
+        "the grid's fixed CPU cost (directions, hashes of weights and data, store). Point-by-point: "
+        "median CPU ratio of one grid point (set weights, loss and accuracy, append) to one forward pass, "
+        "alternated 40 times (the least noisy column under contention). Set weights, append "
         "and fsync: wall ms per call, timed alone (fsync is what a per-point fsync would add). "
         "Goal: ratio <= 1.15.",
         "",
         "| model | params | images | points | baseline s (wall / CPU) | grid s (wall / CPU) | ratio wall | "
-        "ratio CPU | per-point ratio CPU | setup CPU s | set weights ms/pt | append ms/pt | fsync ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "ratio CPU | per-point ratio CPU | point-by-point ratio CPU | setup CPU s | set weights ms/pt | append ms/pt | fsync ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, (builder, num_images) in CASES.items():
         r = bench(builder().eval(), num_images, args.grid, args.repeats)
@@ -146,7 +180,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['images']} | {r['points']} | "
                      f"{r['baseline_wall']:.2f} / {r['baseline_cpu']:.2f} | {r['grid_wall']:.2f} / {r['grid_cpu']:.2f} | "
                      f"{r['grid_wall'] / r['baseline_wall']:.3f} | {r['grid_cpu'] / r['baseline_cpu']:.3f} | "
-                     f"{r['per_point_cpu'] / per_point_baseline:.3f} | {r['setup_cpu']:.2f} | "
+                     f"{r['per_point_cpu'] / per_point_baseline:.3f} | {r['point_ratio']:.3f} | {r['setup_cpu']:.2f} | "
                      f"{r['set_ms']:.2f} | {r['append_ms']:.3f} | {r['fsync_ms']:.2f} |")
         print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from vitprobe.landscape.result import LandscapeResult
 from vitprobe.landscape.schedule import parse_shard
 from vitprobe.report.files import atomic_write
 
-DEFAULT_GRID = "11x11"
+DEFAULT_GRID = "21x21"
 DEFAULT_NUM_IMAGES = 64
 DEFAULT_SPAN = {"random": "1", "eigen": "1", "interpolate": "-0.5:1.5"}
 # with no --model, interpolation runs from each AdamW demo model to its SAM twin

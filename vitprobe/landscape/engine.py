@@ -27,6 +27,7 @@ DirectionKind = Literal["random", "eigen", "interpolate"]
 BNStats = Literal["keep", "interpolate", "recalibrate"]
 PointCallback = Callable[[int, float, float, float, float], None]
 KINDS = ("random", "eigen", "interpolate")
+ALGORITHM = "li2018-filter-norm/1"  # bump when directions or evaluation change: old part files then mismatch
 BN_STATS = ("keep", "interpolate", "recalibrate")
 
 
@@ -114,6 +115,7 @@ def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, 
     cosine = info.pop("cosine", None)
 
     arguments = {
+        "algorithm": ALGORITHM,
         "model": tensors_sha256(module.state_dict().items()),
         "to": tensors_sha256(target.module.state_dict().items()) if target is not None else None,
         "data": tensors_sha256([("images", batches.images()), ("labels", batches.labels())]),

@@ -8,34 +8,19 @@ import torch
 from torch import nn
 
 from vitprobe.data.batches import Batches, DataLike, as_batches
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 
-ImagesLike = torch.Tensor | DataLike
-
-
-def image_batches(data: ImagesLike) -> Batches:
-    """A bare (B, C, H, W) tensor becomes one unlabelled batch (labels -1); the rest as
-    :func:`vitprobe.data.batches.as_batches`."""
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 4:
-            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(data.shape)}")
-        return Batches([(data, torch.full((data.shape[0],), -1, dtype=torch.long))])
-    return as_batches(data)
-
-
-def model_device(module: nn.Module) -> torch.device:
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+ImagesLike = DataLike
 
 
 def prepared(model: nn.Module | LoadedModel, data: ImagesLike) -> tuple[LoadedModel, Batches]:
     """The loaded model and the data as batches."""
-    return as_loaded(model), image_batches(data)
+    return as_loaded(model), as_batches(data)
 
 
 def device_batches(loaded: LoadedModel, batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch moved to the model's device."""
-    device = model_device(loaded.module)
+    device = module_device(loaded.module)
     for images, labels in batches:
         yield images.to(device), labels.to(device)
 

@@ -12,7 +12,7 @@ from vitprobe.data.batches import Batch, Batches, DataLike, as_batches
 from vitprobe.data.images import find_images, load_images
 from vitprobe.data.shapes import CLASS_NAMES, render_shapes, subset_indices
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 
 __all__ = ["Batch", "Batches", "DataLike", "as_batches", "load_data"]
 
@@ -80,6 +80,6 @@ def _subset(total: int, num_images: int | None, seed: int) -> list[int]:
 
 @torch.no_grad()
 def _predict(module: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(module.parameters()).device
+    device = module_device(module)
     return torch.cat([module(images[i:i + batch_size].to(device)).argmax(-1).cpu()
                       for i in range(0, len(images), batch_size)])

@@ -9,7 +9,7 @@ from typing import Any, Union
 import torch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-DataLike = Union["Batches", Batch, Iterable[Batch]]
+DataLike = Union["Batches", Batch, Iterable[Batch], torch.Tensor]
 
 
 @dataclass
@@ -61,9 +61,14 @@ class Batches(Sequence[Batch]):
 
 
 def as_batches(data: DataLike) -> Batches:
-    """Accept ``Batches``, one ``(images, labels)`` tuple, or any iterable of such tuples."""
+    """Accept ``Batches``, one ``(images, labels)`` tuple, any iterable of such tuples, or a
+    bare (B, C, H, W) image tensor (one unlabelled batch: labels -1)."""
     if isinstance(data, Batches):
         return data
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(data.shape)}")
+        return Batches([(data, torch.full((data.shape[0],), -1, dtype=torch.long))])
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         return Batches([(data[0], data[1])])
     batches = [(images, labels) for images, labels in data]

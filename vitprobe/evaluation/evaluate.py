@@ -15,7 +15,7 @@ from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 
 
 @dataclass
@@ -120,7 +120,7 @@ def evaluate(
             "so accuracy would be meaningless: evaluate needs a folder with one subfolder per "
             "class or the embedded 'shapes' data")
     module = loaded.module.eval()
-    device = next(module.parameters()).device
+    device = module_device(module)
     losses, confidences, ranks = [], [], []
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)

@@ -20,7 +20,7 @@ from vitprobe.landscape.grid import Grid, GridLike, SpanLike
 from vitprobe.landscape.result import LandscapeResult
 from vitprobe.landscape.schedule import claims, gather, parse_shard, shard_points, worker_name
 from vitprobe.landscape.store import PartStore, Values, tensors_sha256
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.progress import log, progress
 
 DirectionKind = Literal["random", "eigen", "interpolate"]
@@ -99,7 +99,7 @@ def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, 
                shard: tuple[int, int] | None, on_point: PointCallback | None,
                label: str | None) -> LandscapeResult:
     module = loaded.module
-    device = next(module.parameters()).device
+    device = module_device(module)
     if batches[0][0].device != device:
         batches = batches.to(device)
     bn_stats = _check_options(kind, bn_stats, to)

@@ -35,10 +35,9 @@ from captum.attr import NeuronGradient
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.attention.inputs import image_batches
-from vitprobe.data.batches import Batches, DataLike
+from vitprobe.data.batches import Batches, DataLike, as_batches
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.progress import log, progress
 from vitprobe.receptive_field.result import ReceptiveFieldResult
 from vitprobe.receptive_field.scores import DEFAULT_THRESHOLDS
@@ -163,7 +162,7 @@ def _accumulate(loaded: LoadedModel, batches: Batches, layer: str, objective: Ce
                 rule: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int, int]:
     """Sum over this rank's images of the per-image gradient maps; (sum, used, skipped)."""
     module = loaded.module
-    device = next(module.parameters()).device
+    device = module_device(module)
     neuron = NeuronGradient(module, resolve_layer(module, layer))
     total, used, skipped = None, 0, 0
     for images, _ in progress(distributed.shard(list(batches)), desc=f"ERF {layer or 'output'}"):
@@ -257,7 +256,7 @@ def effective_receptive_field(
     if not all(0.0 < t < 1.0 for t in thresholds):
         raise UserError(f"mass thresholds lie in (0, 1), got {list(thresholds)}")
     loaded = as_loaded(model)
-    batches = image_batches(images)
+    batches = as_batches(images)
     size = tuple(int(v) for v in batches[0][0].shape[-2:])
     loaded = at_input_size(loaded, size)
     layers = default_layers(loaded) if layer is None else (

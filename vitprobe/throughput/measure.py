@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.progress import log
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,7 +114,7 @@ def measure_throughput(
         raise UserError(f"--precision must be one of {', '.join(DTYPES)}, got {precision!r}")
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise UserError("throughput needs batch size >= 1, steps >= 1 and warmup >= 0")
-    device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
+    device = torch.device(device) if device is not None else module_device(loaded.module)
     if precision == "fp16" and device.type == "cpu":
         raise UserError("fp16 on CPU is refused: torch runs it through slow fallback kernels; "
                         "use --precision bf16 or fp32 on CPU, fp16 on a GPU")

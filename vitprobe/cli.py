@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -89,9 +90,24 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cuda")
 
 
+NEGATIVE_RANGE = re.compile(r"^-[\d.]+(e[+-]?\d+)?:-?[\d.]+(e[+-]?\d+)?$")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--span -1:1`` becomes ``--span=-1:1``: argparse takes plain negative numbers as values,
+    but would take a negative range like ``-1:1`` for an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and NEGATIVE_RANGE.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 for a user error, 1 for an internal one)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = attach_negative_values(list(sys.argv[1:] if argv is None else argv))
     commands = discover_commands()
     args = build_parser(commands).parse_args(argv)
     command = commands[args.command]

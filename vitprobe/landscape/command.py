@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grid", default=DEFAULT_GRID, metavar="AxB|N",
                        help=f"alphas x betas for a 2-D surface, or N for a 1-D curve (default: {DEFAULT_GRID})")
     group.add_argument("--span", metavar="LOW:HIGH|R",
-                       help="alpha range; write --span=-1:1 (argparse needs the =), or a radius R for "
+                       help="alpha range LOW:HIGH (e.g. -1:1), or a radius R for "
                             "-R:R (default: 1; -0.5:1.5 for interpolate)")
     group.add_argument("--beta-span", metavar="LOW:HIGH|R", help="beta range (default: the alpha range)")
     group.add_argument("--include-bn", action="store_true",

@@ -11,6 +11,7 @@ hold a graph, ``requires_grad`` flags, the global random state).
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -49,7 +50,9 @@ class PyHessianRun:
             for p in everything:
                 p.requires_grad_(p.requires_grad and id(p) in chosen)
             ph.hessian_vector_product = counted_hvp
-            with torch.random.fork_rng(devices=[]), analysis_mode(self.module):
+            with torch.random.fork_rng(devices=[]), analysis_mode(self.module), warnings.catch_warnings():
+                # PyHessian calls loss.backward(create_graph=True); we reset every .grad afterwards
+                warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
                 torch.manual_seed(self.seed)
                 if len(self.batches) == 1:
                     peer = ph.hessian(self.module, self.loss_fn, data=self.batches[0], cuda=cuda)

@@ -92,5 +92,6 @@ def _pyhessian_spectrum(loaded: LoadedModel, op: HessianOperator, k: int, tol: f
     return SpectrumResult(
         model=loaded.label, seconds=seconds, num_images=op.num_images, num_params=op.size,
         params=params, method="pyhessian", eigenvalues=np.array(values), residuals=residuals,
-        hvps=np.full(k, peer.hvps), total_hvps=peer.hvps, tol=tol, converged=True, loss=op.loss,
+        hvps=np.full(k, peer.hvps), total_hvps=peer.hvps, tol=tol,
+        converged=bool((residuals < tol).all()), loss=op.loss,
         param_names=list(op.param_names), eigenvectors=[op.split(v) for v in flat])

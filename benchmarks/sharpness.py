@@ -119,9 +119,9 @@ def main() -> None:
                            images=args.num_images)
                 print(row, flush=True)
             rows += found
-    frame = pd.DataFrame(rows)
-    write_csv(frame, args.out.with_suffix(".csv"))
-    write_text(args.out, report(frame, args))
+            frame = pd.DataFrame(rows)  # written after every layout: an interrupted run keeps its rows
+            write_csv(frame, args.out.with_suffix(".csv"))
+            write_text(args.out, report(frame, args))
 
 
 def report(frame: pd.DataFrame, args) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from vitprobe.data import load_data
 from vitprobe.data.batches import Batches
 from vitprobe.models import load_model
 from vitprobe.report.files import write_csv, write_text
-from vitprobe.sharpness import HessianOperator, hessian_spectrum, hessian_trace
+from vitprobe.sharpness import hessian_spectrum, hessian_trace
 from vitprobe.sharpness.loss import cross_entropy
 from vitprobe.sharpness.pyhessian_peer import PyHessianRun
 

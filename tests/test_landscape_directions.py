@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from landscape_models import tiny_resnet, tiny_resnet_b, tiny_vit, tiny_vit_b
+from landscape_models import tiny_resnet, tiny_resnet_b, tiny_vit
 
 from vitprobe.errors import UserError
 from vitprobe.landscape import (checkpoint_direction, filter_rule, loss_landscape, orthogonalize,

@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import timm
-import torch
 from safetensors.torch import save_file
 
 from vitprobe.cli import main

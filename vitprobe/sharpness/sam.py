@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.data.batches import Batch, Batches, DataLike, as_batches
+from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad

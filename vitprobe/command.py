@@ -40,7 +40,6 @@ class Command:
     default_models: tuple[str, ...] = DEMO_ZOO
     default_num_images: int = 256
     default_batch_size: int = 64
-    needs_models: bool = True
 
 
 @dataclass

@@ -32,4 +32,4 @@ def run(ctx: RunContext) -> None:
 
 
 COMMANDS = [Command(name="models", help="list the model spec forms and the demo zoo",
-                    add_arguments=add_arguments, run=run, default_models=(), needs_models=False)]
+                    add_arguments=add_arguments, run=run, default_models=())]

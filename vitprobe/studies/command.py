@@ -116,9 +116,9 @@ def demo(ctx: RunContext) -> None:
 
 COMMANDS = [
     Command(name="run", help="run a study recipe (TOML) into one folder, skipping finished analyses",
-            add_arguments=add_run_arguments, run=run_study, default_models=(), needs_models=False),
+            add_arguments=add_run_arguments, run=run_study, default_models=()),
     Command(name="report", help="one wide table (models x metrics) from the CSVs of run folders",
-            add_arguments=add_report_arguments, run=report, default_models=(), needs_models=False),
+            add_arguments=add_report_arguments, run=report, default_models=()),
     Command(name="demo", help="run the embedded demo study and print what it measured",
-            add_arguments=add_demo_arguments, run=demo, default_models=(), needs_models=False),
+            add_arguments=add_demo_arguments, run=demo, default_models=()),
 ]

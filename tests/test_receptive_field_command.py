@@ -72,7 +72,7 @@ def test_command_writes_csv_and_figures(tmp_path, model_module):
 
 
 def test_missing_layer_is_a_user_error(tmp_path, model_module, capsys):
-    argv = ["receptive-field", "--model", f"py:{model_module}:resnet", "--layers", "layer9",
+    argv = ["receptive-field", "--model", f"py:{model_module}:resnet", "--layer", "layer9",
             "--num-images", "2", "--out", str(tmp_path / "out"), "--quiet"]
     assert main(argv) == 2
     assert "no layer 'layer9'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ defines ``COMMANDS``: a list of :class:`vitprobe.command.Command`.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import pkgutil
@@ -21,6 +22,7 @@ import vitprobe
 from vitprobe import distributed
 from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
+from vitprobe.models.input_config import INTERPOLATIONS
 from vitprobe.progress import set_quiet
 
 ORDER = ("sharpness", "attention", "receptive-field", "landscape", "evaluate", "throughput",
@@ -48,6 +50,9 @@ def shared_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("shared options")
     group.add_argument("--model", action="append", metavar="SPEC",
                        help="model spec, repeatable (see `vitprobe models`); default: the demo zoo")
+    group.add_argument("--model-args", action=ModelArgs, nargs="+", metavar="KEY=VALUE",
+                       help="constructor arguments of the --model before it (timm, torchvision or "
+                            "py: builder), values as Python literals, e.g. img_size=32 num_classes=10")
     group.add_argument("--data", default="shapes", metavar="SPEC",
                        help="'shapes' (embedded), an image folder, a glob or a file (default: shapes)")
     group.add_argument("--num-images", type=int, metavar="N", help="images to use")
@@ -58,11 +63,43 @@ def shared_options() -> argparse.ArgumentParser:
                        help="output folder (default: ./vitprobe-out)")
     group.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure format")
     group.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    group.add_argument("--class-names", type=Path, metavar="FILE",
+                       help="the model's class names, one a line in its output order: class folders "
+                            "are matched to them by name")
+    inputs = parent.add_argument_group(
+        "input configuration (overrides the model's own; needed for models that have none)")
+    inputs.add_argument("--input-size", type=int, nargs="+", metavar="S",
+                        help="input size: S (square) or H W")
+    inputs.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean")
+    inputs.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std")
+    inputs.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
+    inputs.add_argument("--crop-pct", type=float, metavar="F",
+                        help="centre-crop fraction (1.0: resize to the input size, no crop)")
+    inputs.add_argument("--in-chans", type=int, metavar="C", help="input channels (1 for grayscale)")
     group.add_argument("--allow-download", action="store_true",
                        help="let timm / Hugging Face download weights missing from the local cache")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="allow unpickling code from .pth/.bin checkpoints (unsafe)")
     return parent
+
+
+class ModelArgs(argparse.Action):
+    """``--model-args KEY=VALUE ...``: stored per ``--model`` index, values as Python literals."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        index = len(namespace.model or []) - 1
+        if index < 0:
+            parser.error("--model-args must follow the --model it applies to")
+        kwargs = dict((getattr(namespace, self.dest) or {}).get(index, {}))
+        for item in values:
+            key, sep, text = item.partition("=")
+            if not sep or not key.isidentifier():
+                parser.error(f"--model-args takes KEY=VALUE, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                kwargs[key] = text
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), index: kwargs})
 
 
 def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
@@ -120,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         ctx = RunContext(command=command, args=args, argv=["vitprobe", *argv], device=device,
                          out=args.out)
         command.run(ctx)
+        if ctx.failures:
+            _close(ctx, "partial")
+            print(f"vitprobe {args.command}: {len(ctx.failures)} of {len(ctx.model_specs)} models "
+                  "failed (see above)", file=sys.stderr)
+            return EXIT_USER_ERROR
         _close(ctx, "complete")
         return 0
     except UserError as error:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import torch
 
 from vitprobe import distributed
 from vitprobe.data.batches import Batches
+from vitprobe.errors import UserError
+from vitprobe.models.input_config import InputOverrides
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.progress import log
 from vitprobe.report.files import write_csv, write_json
@@ -55,6 +59,7 @@ class RunContext:
     rows: list[pd.DataFrame] = field(default_factory=list)
     loaded: list[LoadedModel] = field(default_factory=list)
     datasets: dict[str, Batches] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
 
     # -- inputs -------------------------------------------------------------------------
     @property
@@ -69,7 +74,21 @@ class RunContext:
     def batch_size(self) -> int:
         return self.args.batch_size or self.command.default_batch_size
 
-    def load_model(self, spec: str) -> LoadedModel:
+    @property
+    def input_overrides(self) -> InputOverrides:
+        """``--input-size``, ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``, ``--in-chans``."""
+        args = self.args
+        size = args.input_size
+        if size is not None and len(size) not in (1, 2):
+            raise UserError(f"--input-size takes S or H W, got {len(size)} values")
+        return InputOverrides(
+            input_size=(size[0], size[-1]) if size else None,
+            mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+            interpolation=args.interpolation, crop_pct=args.crop_pct, in_chans=args.in_chans)
+
+    def load_model(self, spec: str, index: int | None = None) -> LoadedModel:
+        """Load ``spec`` with the run's options; ``index`` picks the ``--model-args`` of the
+        ``--model`` at that position."""
         from vitprobe.models import load_model
 
         model = load_model(
@@ -77,14 +96,33 @@ class RunContext:
             allow_download=self.args.allow_download,
             trust_checkpoint=self.args.trust_checkpoint,
             device=self.device,
+            model_args=(self.args.model_args or {}).get(index),
+            input=self.input_overrides,
         )
         self.loaded.append(model)
         return model
 
     def models(self) -> Iterator[LoadedModel]:
-        """Each ``--model`` (or the command's default models), loaded one at a time."""
-        for spec in self.model_specs:
-            yield self.load_model(spec)
+        """Each ``--model`` (or the command's default models), loaded one at a time. With several
+        models, one that cannot be loaded is reported and skipped (see :meth:`isolated`)."""
+        for index, spec in enumerate(self.model_specs):
+            model = None
+            with self.isolated(spec):
+                model = self.load_model(spec, index)
+            if model is not None:
+                yield model
+
+    @contextmanager
+    def isolated(self, label: str) -> Iterator[None]:
+        """Work on one model: with several models a user error is reported on one line, kept
+        for the JSON and the exit status, and the other models still run."""
+        try:
+            yield
+        except UserError as error:
+            if len(self.model_specs) == 1:
+                raise
+            print(f"vitprobe {self.command.name}: error: {label}: {error}", file=sys.stderr, flush=True)
+            self.failures.append({"model": label, "error": str(error)})
 
     def data(self, model: LoadedModel, num_images: int | None = None,
              input_size: tuple[int, int] | None = None) -> Batches:
@@ -94,6 +132,7 @@ class RunContext:
         batches = load_data(
             self.args.data,
             model,
+            class_names=self.args.class_names,
             num_images=num_images or self.num_images,
             batch_size=self.batch_size,
             seed=self.args.seed,
@@ -157,6 +196,7 @@ class RunContext:
             seconds=time.perf_counter() - self.started,
             status=status,
             world_size=distributed.world_size(),
+            failures=self.failures,
         )
         write_json(meta, self.json_path)
 

@@ -33,3 +33,9 @@ def log(message: str) -> None:
     """Print a status line on stderr unless the run is quiet."""
     if not _quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """Print a warning line on stderr, also in quiet runs: it says a result may not be what
+    the user meant."""
+    print(f"vitprobe: warning: {message}", file=sys.stderr, flush=True)

@@ -5,7 +5,7 @@ from vitprobe.attention.attributions import attributions
 from vitprobe.attention.capture import AttentionMaps, attention_maps
 from vitprobe.attention.distance import AttentionDistance, mean_attention_distance
 from vitprobe.attention.gradient_rollout import gradient_rollout
-from vitprobe.attention.layout import TokenLayout
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.attention.maps import SaliencyMaps
 from vitprobe.attention.rollout import attention_rollout
 

@@ -5,9 +5,10 @@
 - ``saliency``: Simonyan, Vedaldi & Zisserman 2014 (captum ``Saliency``), map = max over
   channels of |d logit / d input|.
 - ``gradcam``: Selvaraju et al. 2017 (captum ``LayerGradCam``, ReLU'd) on the last stage,
-  bilinearly upsampled to the input. For a CNN the last stage is timm's last
-  ``feature_info`` module with at least 2x2 positions at the input size (``layer4`` of a
-  ResNet at 224 px, ``layer3`` at 32 px) or the ``layer`` given. A ViT's last stage
+  bilinearly upsampled to the input. For a CNN the last stage is the last of the model's
+  feature stages (:mod:`vitprobe.models.stages`) with at least 2x2 positions at the input size
+  (``layer4`` of a ResNet at 224 px, ``layer3`` at 32 px, ``features`` of a MobileNet) or the
+  ``layer`` given. A ViT's last stage
   is the token sequence entering its last block: the patch tokens are laid out as a
   (B, C, rows, cols) grid by an identity module (:class:`TokenGrid`) so that captum sees the
   layout Grad-CAM assumes; the values passed on are unchanged. (The last block's *output*
@@ -23,7 +24,7 @@ from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyMaps
-from vitprobe.attention.sites import AttentionModel, attention_model, model_logits
+from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 
@@ -40,66 +41,59 @@ class TokenGrid(nn.Module):
 class ViTLastStage:
     """Logits of a ViT whose last block receives its patch tokens through :class:`TokenGrid`."""
 
-    def __init__(self, amodel: AttentionModel) -> None:
-        self.amodel = amodel
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.amodel = loaded.attention
         self.grid = TokenGrid()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         layout = self.amodel.layout(tuple(images.shape[-2:]))
         p = layout.num_prefix_tokens
+        sequence_first = self.amodel.sequence_first
 
         def through_grid(module, inputs):
-            tokens = inputs[0]
+            tokens = inputs[0].transpose(0, 1) if sequence_first else inputs[0]
             layout.check(tokens.shape[1])
             batch, _, channels = tokens.shape
             grid = tokens[:, p:].transpose(1, 2).reshape(batch, channels, *layout.grid)
             grid = self.grid(grid)
-            return (torch.cat([tokens[:, :p], grid.flatten(2).transpose(1, 2)], dim=1), *inputs[1:])
+            tokens = torch.cat([tokens[:, :p], grid.flatten(2).transpose(1, 2)], dim=1)
+            return (tokens.transpose(0, 1) if sequence_first else tokens, *inputs[1:])
 
         handle = self.amodel.blocks[-1].register_forward_pre_hook(through_grid)
         try:
-            return model_logits(self.amodel.module, images)
+            with mha_math_path():
+                return self.loaded.logits(self.amodel.module(images))
         finally:
             handle.remove()
 
 
-def cnn_last_stage(module: nn.Module, layer: nn.Module | str | None,
+def cnn_last_stage(loaded: LoadedModel, layer: nn.Module | str | None,
                    input_size: tuple[int, int]) -> tuple[nn.Module, str]:
     """The layer Grad-CAM uses for a CNN and its name: ``layer`` (a module or its name), else
-    the last timm ``feature_info`` stage that still has at least 2x2 positions for an input of
+    the last feature stage that still has at least 2x2 positions for an input of
     ``input_size`` (a 32-pixel input leaves a stride-32 ResNet's last stage at 1x1, where a
     Grad-CAM map is a constant)."""
     if isinstance(layer, nn.Module):
         return layer, type(layer).__name__
-    name = layer
-    if name is None:
-        info = getattr(module, "feature_info", None)
-        if not info:
-            raise UserError(f"{type(module).__name__} has no timm feature_info: pass layer= "
-                            "(the module or name of its last convolutional stage)")
-        spatial = [stage for stage in info if min(input_size[0] // stage["reduction"],
-                                                   input_size[1] // stage["reduction"]) >= 2]
-        name = (spatial or info)[-1]["module"]
-    try:
-        return module.get_submodule(name), name
-    except AttributeError as error:
-        raise UserError(f"no layer named {name!r} in {type(module).__name__}") from error
+    if layer is None:
+        stages = loaded.stages(input_size)
+        if not stages:
+            raise UserError(f"{loaded.label}: no feature maps found for Grad-CAM; name a layer")
+        layer = ([s for s in stages if min(s.grid) >= 2] or stages)[-1].name
+    return loaded.resolve_layer(layer), layer
 
 
-def _gradcam(forward, vit_stage: ViTLastStage | None, module: nn.Module, layer, images: torch.Tensor,
+def _gradcam(forward, vit_stage: ViTLastStage | None, loaded: LoadedModel, layer, images: torch.Tensor,
              target: torch.Tensor) -> tuple[torch.Tensor, str]:
     """ReLU'd Grad-CAM upsampled to the input, and the name of the layer it used."""
     if vit_stage is not None:
         explainer, name = LayerGradCam(vit_stage, vit_stage.grid), "last block input (patch grid)"
     else:
-        stage, name = cnn_last_stage(module, layer, tuple(images.shape[-2:]))
+        stage, name = cnn_last_stage(loaded, layer, tuple(images.shape[-2:]))
         explainer = LayerGradCam(forward, stage)
     attr = explainer.attribute(images, target=target, relu_attributions=True)
     return LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear"), name
-
-
-def _is_transformer(loaded: LoadedModel) -> bool:
-    return loaded.family == "vit" or hasattr(getattr(loaded.module, "config", None), "num_hidden_layers")
 
 
 def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str = "gradcam",
@@ -115,17 +109,17 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
         raise UserError(f"unknown attribution method {method!r}; choose from {', '.join(ATTRIBUTION_METHODS)}")
     loaded, batches = prepared(model, data)
     module = loaded.module
-    vit_stage = (ViTLastStage(attention_model(loaded))
-                 if method == "gradcam" and _is_transformer(loaded) else None)
+    vit_stage = ViTLastStage(loaded) if method == "gradcam" and loaded.family == "vit" else None
     options: dict = {"n_steps": n_steps} if method == "captum-ig" else {}
 
     def forward(images: torch.Tensor) -> torch.Tensor:
-        return model_logits(module, images)
+        with mha_math_path():
+            return loaded.logits(module(images))
 
     maps, targets, offset, input_size = [], [], 0, None
     for images, labels in device_batches(loaded, batches):
         with torch.no_grad():
-            chosen = resolve_targets(target, labels, model_logits(module, images), offset)
+            chosen = resolve_targets(target, labels, forward(images), offset)
         if method != "gradcam":
             images = images.clone().requires_grad_(True)
         if method == "captum-ig":
@@ -135,7 +129,7 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
         elif method == "saliency":
             attr = Saliency(forward).attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
         else:
-            attr, options["layer"] = _gradcam(forward, vit_stage, module, layer, images, chosen)
+            attr, options["layer"] = _gradcam(forward, vit_stage, loaded, layer, images, chosen)
         maps.append(attr.detach().float().cpu())
         targets.append(chosen.cpu().numpy())
         offset += len(images)

@@ -1,6 +1,6 @@
 """Post-softmax attention of every layer during one ordinary forward pass, and raw maps.
 
-The hooks only read tensors the model computes anyway (see :mod:`vitprobe.attention.sites`),
+The hooks only read tensors the model computes anyway (see :mod:`vitprobe.models.attention_sites`),
 so timm's fused attention stays on, no flag is touched, and the model's outputs are
 bit-identical with and without capture. Every layer must report exactly once per forward:
 a model whose attention bypasses the hooked modules fails loudly instead of silently
@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.attention.layout import TokenLayout
-from vitprobe.attention.sites import AttentionModel, attention_model, model_forward
+from vitprobe.models.token_layout import TokenLayout
+from vitprobe.models.attention_sites import (AttentionModel, SiteListener, ToAttentionGrad,
+                                             mha_math_path)
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 
@@ -29,20 +30,19 @@ OnAttention = Callable[[int, torch.Tensor], None]
 @dataclass
 class Recording:
     """What one forward pass left behind: the layout, the output, and, when gradients were
-    asked for, each layer's values and head outputs (still in the autograd graph)."""
+    asked for, per layer a tensor in the autograd graph and how its gradient becomes dL/dA."""
 
     layout: TokenLayout
     output: object = None
-    values: dict[int, torch.Tensor] = field(default_factory=dict)
-    head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    gradient_sources: dict[int, tuple[torch.Tensor, ToAttentionGrad]] = field(default_factory=dict)
 
 
-class AttentionCapture:
+class AttentionCapture(SiteListener):
     """Hooks on every attention site of ``model`` that call ``on_attention(layer, A)`` with
     A = softmax(q k^T * scale) of shape (B, heads, N, N) as each layer runs.
 
-    With ``keep_for_gradients`` the values and head outputs are kept too, so that
-    dL/dA = (dL/dO) V^T can be formed after a backward pass (:func:`attention_gradients`).
+    With ``keep_for_gradients`` each layer also leaves a gradient source, so that dL/dA can be
+    formed after the forward pass (:func:`attention_gradients`).
     """
 
     def __init__(self, model: AttentionModel, on_attention: OnAttention,
@@ -50,77 +50,41 @@ class AttentionCapture:
         self.model = model
         self.on_attention = on_attention
         self.keep_for_gradients = keep_for_gradients
-        self._queries: dict[int, torch.Tensor] = {}
         self._seen: list[int] = []
-        self._handles: list = []
         self.recording: Recording | None = None
 
     def run(self, images: torch.Tensor) -> Recording:
         """One forward pass of the model on ``images`` with every layer captured."""
         self.recording = Recording(layout=self.model.layout(tuple(images.shape[-2:])))
         self._seen = []
-        self._register()
+        handles = [handle for site in self.model.sites for handle in site.register(self)]
         try:
-            self.recording.output = model_forward(self.model.module, images)
+            with mha_math_path():
+                self.recording.output = self.model.module(images)
         finally:
-            for handle in self._handles:
+            for handle in handles:
                 handle.remove()
-            self._handles, self._queries = [], {}
         if self._seen != list(range(self.model.num_layers)):
             raise UserError(
-                f"{self.model.loaded.label}: captured attention from {len(set(self._seen))} of "
+                f"{self.model.label}: captured attention from {len(set(self._seen))} of "
                 f"{self.model.num_layers} layers (order {self._seen}); its attention does not run "
                 "through the modules vitprobe reads")
         return self.recording
 
-    def _register(self) -> None:
-        for site in self.model.sites:
-            self._handles.append(site.q_module.register_forward_hook(self._on_query(site)))
-            self._handles.append(site.k_module.register_forward_hook(self._on_key(site)))
-            if self.keep_for_gradients:
-                self._handles.append(site.v_module.register_forward_hook(self._on_value(site)))
-                self._handles.append(site.out_module.register_forward_pre_hook(self._on_heads(site)))
+    def attention(self, index: int, attention: torch.Tensor) -> None:
+        self.recording.layout.check(attention.shape[-1])
+        self._seen.append(index)
+        self.on_attention(index, attention)
 
-    def _on_query(self, site):
-        def hook(module, inputs, output):
-            self._queries[site.index] = site.split_q(output)
-        return hook
-
-    def _on_key(self, site):
-        def hook(module, inputs, output):
-            query = self._queries.pop(site.index, None)
-            if query is None:
-                raise UserError(f"layer {site.index}: keys computed before queries; unsupported layout")
-            with torch.no_grad():
-                attention = site.attention(query.detach(), site.split_k(output).detach())
-            self.recording.layout.check(attention.shape[-1])
-            self._seen.append(site.index)
-            self.on_attention(site.index, attention)
-        return hook
-
-    def _on_value(self, site):
-        def hook(module, inputs, output):
-            self.recording.values[site.index] = site.split_v(output).detach()
-        return hook
-
-    def _on_heads(self, site):
-        def hook(module, inputs):
-            self.recording.head_outputs[site.index] = inputs[0]
-        return hook
+    def gradient_source(self, index: int, tensor: torch.Tensor, to_attention_grad: ToAttentionGrad) -> None:
+        self.recording.gradient_sources[index] = (tensor, to_attention_grad)
 
 
-def attention_gradients(recording: Recording, model: AttentionModel,
-                        objective: torch.Tensor) -> dict[int, torch.Tensor]:
-    """dObjective/dA for every layer, paired by layer index: (dL/dO_h) V_h^T, (B, heads, N, N)."""
-    layers = sorted(recording.head_outputs)
-    grads = torch.autograd.grad(objective, [recording.head_outputs[i] for i in layers])
-    result = {}
-    for layer, grad in zip(layers, grads):
-        site = model.sites[layer]
-        b, n, _ = grad.shape
-        grad_heads = grad.reshape(b, n, site.num_heads, site.head_dim).transpose(1, 2)
-        result[layer] = grad_heads @ recording.values[layer].transpose(-2, -1)
-    return result
+def attention_gradients(recording: Recording, objective: torch.Tensor) -> dict[int, torch.Tensor]:
+    """dObjective/dA for every layer, paired by layer index: (B, heads, N, N)."""
+    layers = sorted(recording.gradient_sources)
+    grads = torch.autograd.grad(objective, [recording.gradient_sources[i][0] for i in layers])
+    return {layer: recording.gradient_sources[layer][1](grad) for layer, grad in zip(layers, grads)}
 
 
 def select(indices: Sequence[int] | None, count: int, what: str) -> list[int]:
@@ -192,7 +156,7 @@ def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike,
     size (one token layout).
     """
     loaded, batches = prepared(model, data)
-    amodel = attention_model(loaded)
+    amodel = loaded.attention
     chosen_layers = select(layers, amodel.num_layers, "layer")
     chosen_heads = select(heads, amodel.num_heads, "head")
     per_batch: list[np.ndarray] = []

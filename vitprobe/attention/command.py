@@ -14,7 +14,6 @@ from vitprobe.attention.figures import distance_figure, overlay_figure, raw_atte
 from vitprobe.attention.gradient_rollout import gradient_rollout
 from vitprobe.attention.maps import SaliencyMaps
 from vitprobe.attention.rollout import HEAD_FUSIONS, attention_rollout
-from vitprobe.attention.sites import attention_model
 from vitprobe.command import Command, RunContext
 from vitprobe.data.batches import Batches
 from vitprobe.errors import UserError
@@ -43,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="heads of the raw-attention grid (default: all, at most 6)")
     group.add_argument("--query", type=int, nargs=2, metavar=("ROW", "COL"),
                        help="query patch of the raw-attention grid (default: the centre patch)")
+    group.add_argument("--layer", action="append", metavar="NAME",
+                       help="Grad-CAM layer of a CNN, repeatable (one map per layer; default: the "
+                            "last feature stage with at least 2x2 positions)")
     group.add_argument("--images", nargs="+", metavar="FILE",
                        help="image files to explain instead of --data")
 
@@ -62,12 +64,13 @@ def _display(model: LoadedModel, images: torch.Tensor) -> np.ndarray:
     """Preprocessed images back in [0, 1] for drawing."""
     mean = torch.tensor(model.data_config["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(model.data_config["std"]).view(1, -1, 1, 1)
-    return (images.detach().cpu() * std + mean).clamp(0, 1).numpy()
+    shown = (images.detach().cpu() * std + mean).clamp(0, 1)
+    return (shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown).numpy()
 
 
 def _has_attention(model: LoadedModel) -> bool:
     try:
-        attention_model(model)
+        model.attention
     except UserError:
         return False
     return True
@@ -104,29 +107,35 @@ def run(ctx: RunContext) -> None:
     distances = []
     display = None
     for model in ctx.models():
-        data = _data(ctx, model)
-        if display is None:
-            display = _display(model, data[0][0])
-        if _has_attention(model):
-            result = _vit_map(model, data, args)
-            distance = mean_attention_distance(model, data)
-            ctx.add_rows(distance.to_frame())
-            distances.append(distance)
-            amodel = attention_model(model)
-            layers = _some(args.layers, amodel.num_layers, "layer")
-            heads = _some(args.heads, amodel.num_heads, "head")
-            first = data[0][0][:1]
-            raw = attention_maps(model, first, layers=layers, heads=heads)
-            query = tuple(args.query) if args.query else (raw.layout.grid[0] // 2, raw.layout.grid[1] // 2)
-            ctx.save_figure(raw_attention_figure(raw, _display(model, first)[0], query),
-                            f"raw_attention_{_safe(model.label)}")
-        else:
-            method = args.method if args.method in ATTRIBUTION_METHODS else "gradcam"
-            ctx.log(f"{model.label} has no attention layers: captum {method} instead")
-            result = attributions(model, data, method=method)
-        ctx.add_rows(result.to_frame())
-        panels.append(result)
-        ctx.log(f"{model.label}: {result.method} maps of {len(result.maps)} images")
+        with ctx.isolated(model.label):
+            data = _data(ctx, model)
+            if display is None:
+                display = _display(model, data[0][0])
+            if _has_attention(model):
+                result = _vit_map(model, data, args)
+                distance = mean_attention_distance(model, data)
+                ctx.add_rows(distance.to_frame())
+                distances.append(distance)
+                amodel = model.attention
+                layers = _some(args.layers, amodel.num_layers, "layer")
+                heads = _some(args.heads, amodel.num_heads, "head")
+                first = data[0][0][:1]
+                raw = attention_maps(model, first, layers=layers, heads=heads)
+                query = tuple(args.query) if args.query else (raw.layout.grid[0] // 2, raw.layout.grid[1] // 2)
+                ctx.save_figure(raw_attention_figure(raw, _display(model, first)[0], query),
+                                f"raw_attention_{_safe(model.label)}")
+            else:
+                method = args.method if args.method in ATTRIBUTION_METHODS else "gradcam"
+                ctx.log(f"{model.label} has no attention layers: captum {method} instead")
+                results = [attributions(model, data, method=method, layer=layer)
+                           for layer in (args.layer or [None])]
+                result = results[-1]
+                for extra in results[:-1]:
+                    ctx.add_rows(extra.to_frame())
+                    panels.append(extra)
+            ctx.add_rows(result.to_frame())
+            panels.append(result)
+            ctx.log(f"{model.label}: {result.method} maps of {len(result.maps)} images")
     table = ctx.table()
     if not table.empty:
         shown = table[table.metric.isin(["mean_attention_distance"])]

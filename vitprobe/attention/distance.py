@@ -23,8 +23,7 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.attention.layout import TokenLayout
-from vitprobe.attention.sites import attention_model
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 
@@ -110,7 +109,7 @@ def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike,
     """Mean attention distance (Dosovitskiy et al. 2020, Fig. 7) of every layer and head, with
     a Student-t ``confidence`` interval over images and the uniform-attention baseline."""
     loaded, batches = prepared(model, data)
-    amodel = attention_model(loaded)
+    amodel = loaded.attention
     raw_parts, renorm_parts, layout = [], [], None
     for images, _ in device_batches(loaded, batches):
         batch_layout = amodel.layout(tuple(images.shape[-2:]))

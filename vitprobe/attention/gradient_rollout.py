@@ -17,7 +17,7 @@ from vitprobe.attention.capture import AttentionCapture, attention_gradients, se
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyMaps
 from vitprobe.attention.rollout import token_maps
-from vitprobe.attention.sites import attention_model, output_logits
+from vitprobe.models.outputs import logits as output_logits
 from vitprobe.models.loaded import LoadedModel
 
 
@@ -45,7 +45,7 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: T
     is ``"cls"``, ``"dist"`` or ``"both"``. Maps are (images, sources, rows, cols).
     """
     loaded, batches = prepared(model, data)
-    amodel = attention_model(loaded)
+    amodel = loaded.attention
     start = select([start_layer], amodel.num_layers, "layer")[0]
     maps, targets, sources, input_size, offset = [], [], None, None, 0
     for images, labels in device_batches(loaded, batches):
@@ -56,7 +56,7 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: T
             logits = output_logits(recording.output)
             chosen = resolve_targets(target, labels, logits, offset)
             objective = logits.gather(1, chosen[:, None]).sum()
-            gradients = attention_gradients(recording, amodel, objective)
+            gradients = attention_gradients(recording, objective)
         layers = range(amodel.num_layers)
         relevance = gradient_rollout_matrix([attentions[i] for i in layers],
                                             [gradients[i].detach() for i in layers], start)

@@ -19,9 +19,9 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture, select
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.attention.layout import TokenLayout
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.attention.maps import SaliencyMaps
-from vitprobe.attention.sites import attention_model, output_logits
+from vitprobe.models.outputs import logits as output_logits
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 
@@ -122,7 +122,7 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fus
     ``"both"``. Maps are (images, sources, rows, cols) on the model's real patch grid.
     """
     loaded, batches = prepared(model, data)
-    amodel = attention_model(loaded)
+    amodel = loaded.attention
     start = select([start_layer], amodel.num_layers, "layer")[0]
     if head_fusion not in HEAD_FUSIONS:
         raise UserError(f"unknown head fusion {head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")

@@ -23,6 +23,8 @@ def load_data(
     spec: str | list[str],
     model: LoadedModel | nn.Module,
     num_images: int | None = None,
+    *,
+    class_names: str | Path | list[str] | None = None,
     batch_size: int = 64,
     seed: int = 0,
     input_size: tuple[int, int] | int | None = None,
@@ -35,6 +37,8 @@ def load_data(
     of files), whose labels are then the model's own predictions (``labels_from_model``).
     A deterministic subset of ``num_images`` is chosen by ``seed`` (all images of a folder
     when ``num_images`` is None). ``input_size`` (H, W) overrides the model's resolution.
+    Images have the model's channels (1-channel models get grayscale, ITU-R 601 luma).
+    Class folders are matched to the model's classes by :func:`class_indices`.
     """
     loaded = as_loaded(model)
     config = dict(loaded.data_config)
@@ -51,18 +55,24 @@ def load_data(
         rendered = render_shapes(indices, size=tuple(config["input_size"][1:]), split="test")
         mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(config["std"]).view(1, -1, 1, 1)
-        images, labels = (rendered.images - mean) / std, rendered.labels
+        images = to_channels(rendered.images, int(config["input_size"][0]))
+        images, labels = (images - mean) / std, rendered.labels
         class_names, paths, from_model = list(CLASS_NAMES), None, False
         info = {"split": "test", "indices_seed": seed}
     else:
-        paths_all, labels_all, class_names = find_images(spec)
+        paths_all, labels_all, folders = find_images(spec)
+        if labels_all is not None:
+            mapping, info = class_indices(folders, loaded, class_names)
+            labels_all = [mapping[folders[label]] for label in labels_all]
+            class_names = _names(loaded, class_names) or folders
+        else:
+            info = {}
         chosen = _subset(len(paths_all), num_images, seed)
         paths = [str(paths_all[i]) for i in chosen]
         images = load_images([Path(p) for p in paths], config)
         from_model = labels_all is None
-        labels = (_predict(loaded.module, images, batch_size) if from_model
+        labels = (_predict(loaded, images, batch_size) if from_model
                   else torch.tensor([labels_all[i] for i in chosen], dtype=torch.long))
-        info = {}
     if device is not None:
         images, labels = images.to(device), labels.to(device)
     batches = [(images[i:i + batch_size], labels[i:i + batch_size])
@@ -79,7 +89,67 @@ def _subset(total: int, num_images: int | None, seed: int) -> list[int]:
 
 
 @torch.no_grad()
-def _predict(module: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = module_device(module)
-    return torch.cat([module(images[i:i + batch_size].to(device)).argmax(-1).cpu()
+def _predict(loaded: LoadedModel, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = module_device(loaded.module)
+    return torch.cat([loaded.logits(loaded.module(images[i:i + batch_size].to(device))).argmax(-1).cpu()
                       for i in range(0, len(images), batch_size)])
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB images in [0, 1] with ``channels`` channels: 1 gives ITU-R 601 luma, as PIL's ``L``."""
+    if channels == 3:
+        return images
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+        return (images * weights).sum(1, keepdim=True)
+    raise UserError(f"images can be made with 1 or 3 channels, not {channels} (--in-chans)")
+
+
+def _names(loaded: LoadedModel, class_names: str | Path | list[str] | None) -> list[str] | None:
+    """The model's class names in output order: from ``class_names`` (a list or a file with one
+    name a line), else the model's own."""
+    if class_names is None:
+        return loaded.class_names
+    if isinstance(class_names, list):
+        return class_names
+    path = Path(class_names)
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read --class-names {path}: {error}") from None
+    if loaded.num_classes is not None and len(names) != loaded.num_classes:
+        raise UserError(f"--class-names {path} has {len(names)} names, but {loaded.label} has "
+                        f"{loaded.num_classes} classes")
+    return names
+
+
+def class_indices(folders: list[str], loaded: LoadedModel,
+                  class_names: str | Path | list[str] | None) -> tuple[dict[str, int], dict]:
+    """The model's class index for each class folder, and how it was found.
+
+    With ``class_names`` (or the model's own names) covering every folder, folders map by name;
+    folders named by ImageNet synset ids (``n01440764``) map onto a 1000-class model by timm's
+    ``ImageNetInfo``; otherwise the folder count must equal the model's class count and the
+    sorted folders are classes 0, 1, ... (torchvision's ``ImageFolder`` rule).
+    """
+    names = _names(loaded, class_names)
+    classes = loaded.num_classes
+    if names is not None and set(folders) <= set(names):
+        index = {name: i for i, name in enumerate(names)}
+        return {f: index[f] for f in folders}, {"class_mapping": "by name"}
+    if class_names is not None:
+        missing = sorted(set(folders) - set(names or []))
+        raise UserError(f"class folders {', '.join(missing[:5])} are not among the names in "
+                        f"--class-names {class_names}")
+    if classes == 1000 and all(len(f) == 9 and f[0] == "n" and f[1:].isdigit() for f in folders):
+        from timm.data import ImageNetInfo
+
+        synsets = ImageNetInfo().label_names()
+        if set(folders) <= set(synsets):
+            index = {s: i for i, s in enumerate(synsets)}
+            return {f: index[f] for f in folders}, {"class_mapping": "ImageNet synsets"}
+    if classes is not None and len(folders) != classes:
+        raise UserError(f"the data has {len(folders)} class folders but {loaded.label} has {classes} "
+                        "classes: pass --class-names FILE (the model's class names, one a line, "
+                        "in its output order) to match folders to classes by name")
+    return {f: i for i, f in enumerate(folders)}, {"class_mapping": "sorted folders"}

@@ -56,8 +56,9 @@ def find_images(spec: str | list[str]) -> tuple[list[Path], list[int] | None, li
     return paths, None, None
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB (grayscale, palette and RGBA converted); a clear error if unreadable."""
+def read_image(path: Path, channels: int = 3) -> Image.Image:
+    """Open an image as RGB, or as grayscale (``L``) for 1-channel models: palette and RGBA
+    images are composited on white first; a clear error if unreadable."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -65,8 +66,8 @@ def read_rgb(path: Path) -> Image.Image:
                 rgba = image.convert("RGBA")
                 canvas = Image.new("RGB", rgba.size, (255, 255, 255))
                 canvas.paste(rgba, mask=rgba.split()[-1])
-                return canvas
-            return image.convert("RGB")
+                image = canvas
+            return image.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
@@ -84,4 +85,7 @@ def load_images(paths: list[Path], data_config: dict) -> torch.Tensor:
         crop_mode=data_config.get("crop_mode", "center"),
         is_training=False,
     )
-    return torch.stack([transform(read_rgb(path)) for path in paths])
+    channels = int(data_config["input_size"][0])
+    if channels not in (1, 3):
+        raise UserError(f"images can be read with 1 or 3 channels, not {channels} (--in-chans)")
+    return torch.stack([transform(read_image(path, channels)) for path in paths])

@@ -25,16 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: RunContext) -> None:
     args, results = ctx.args, []
     for model in ctx.models():
-        result = evaluate(model, ctx.data(model), topk=args.topk, num_bins=args.ece_bins,
-                          bootstrap_samples=args.bootstrap, confidence=args.confidence,
-                          seed=args.seed)
-        if result.skipped_topk:
-            ctx.log(f"{model.label}: top-{', '.join(map(str, result.skipped_topk))} skipped: "
-                    f"the model has only {result.num_classes} classes")
-        frame = result.to_frame()
-        ctx.add_rows(frame)
-        ctx.print_table(frame[["model", "metric", "value", "ci_low", "ci_high"]])
-        results.append(result)
+        with ctx.isolated(model.label):
+            result = evaluate(model, ctx.data(model), topk=args.topk, num_bins=args.ece_bins,
+                              bootstrap_samples=args.bootstrap, confidence=args.confidence,
+                              seed=args.seed)
+            if result.skipped_topk:
+                ctx.log(f"{model.label}: top-{', '.join(map(str, result.skipped_topk))} skipped: "
+                        f"the model has only {result.num_classes} classes")
+            frame = result.to_frame()
+            ctx.add_rows(frame)
+            ctx.print_table(frame[["model", "metric", "value", "ci_low", "ci_high"]])
+            results.append(result)
     ctx.save_figure(reliability_figure(results), "reliability")
 
 

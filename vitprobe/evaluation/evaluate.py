@@ -16,6 +16,7 @@ from vitprobe.errors import UserError
 from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
+from vitprobe.models.outputs import logits as output_logits
 
 
 @dataclass
@@ -77,22 +78,6 @@ class EvaluationResult:
         return frame
 
 
-def model_logits(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """The logits of a model's output.
-
-    A DeiT distilled model returns (class head, distillation head) only in distilled
-    training; at inference DeiT averages the two heads (Touvron et al. 2021), and so does
-    this function when handed the pair. timm's ``VisionTransformerDistilled`` already
-    returns the average in eval mode.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and all(
-            isinstance(o, torch.Tensor) and o.shape == output[0].shape for o in output):
-        return torch.stack(list(output)).mean(0)
-    raise TypeError(f"cannot read logits from a model output of type {type(output).__name__}")
-
-
 @torch.inference_mode()
 def evaluate(
     model: LoadedModel | nn.Module,
@@ -124,7 +109,7 @@ def evaluate(
     losses, confidences, ranks = [], [], []
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
-        logits = model_logits(module(images)).float()
+        logits = output_logits(module(images)).float()
         num_classes = logits.shape[-1]
         if labels.min() < 0 or labels.max() >= num_classes:
             raise UserError(

@@ -82,23 +82,24 @@ def run(ctx: RunContext) -> None:
     span = args.span or DEFAULT_SPAN[args.directions]
     results: list[LandscapeResult] = []
     folders: set[str] = set()
-    for spec, to_spec in model_pairs(ctx):
-        model = ctx.load_model(spec)
-        target = ctx.load_model(to_spec) if to_spec else None
-        label = model.label if target is None else f"{model.label}->{target.label}"
-        folder = _unique(_slug(label), folders)
-        result = loss_landscape(model, ctx.data(model), args.directions, grid=args.grid, span=span,
-                                beta_span=args.beta_span, to=target, seed=args.seed,
-                                include_bn=args.include_bn, bn_stats=args.bn_stats,
-                                store=ctx.out / "landscape.parts" / folder, resume=args.resume,
-                                shard=shard, label=label)
-        if shard is not None:
-            ctx.log(f"{label}: shard {shard[0]}/{shard[1]} computed {result.info['computed']} points; when "
-                    "every shard is done, run the same command with --resume and without --shard to merge")
-            continue
-        results.append(replace(result, directions=[]))  # the figures need only the surfaces
-        ctx.add_rows(result.to_frame())
-        _write_npz(ctx, results)
+    for index, (spec, to_spec) in enumerate(model_pairs(ctx)):
+        with ctx.isolated(spec):
+            model = ctx.load_model(spec, index)
+            target = ctx.load_model(to_spec) if to_spec else None
+            label = model.label if target is None else f"{model.label}->{target.label}"
+            folder = _unique(_slug(label), folders)
+            result = loss_landscape(model, ctx.data(model), args.directions, grid=args.grid, span=span,
+                                    beta_span=args.beta_span, to=target, seed=args.seed,
+                                    include_bn=args.include_bn, bn_stats=args.bn_stats,
+                                    store=ctx.out / "landscape.parts" / folder, resume=args.resume,
+                                    shard=shard, label=label)
+            if shard is not None:
+                ctx.log(f"{label}: shard {shard[0]}/{shard[1]} computed {result.info['computed']} points; when "
+                        "every shard is done, run the same command with --resume and without --shard to merge")
+                continue
+            results.append(replace(result, directions=[]))  # the figures need only the surfaces
+            ctx.add_rows(result.to_frame())
+            _write_npz(ctx, results)
     if results:
         ctx.print_table(summary(results))
         _figures(ctx, results)

@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitprobe.data.batches import Batch
 from vitprobe.landscape.directions import Direction
+from vitprobe.models.outputs import logits
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -135,7 +136,8 @@ def evaluate(module: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None
     with torch.inference_mode():
         for images, labels in batches:
             outputs = module(images)
-            outputs = getattr(outputs, "logits", outputs)
+            if loss_fn is None:
+                outputs = logits(outputs)
             n = int(images.shape[0])
             if loss_fn is None:
                 losses.append(F.cross_entropy(outputs.double(), labels, reduction="sum"))

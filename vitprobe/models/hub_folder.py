@@ -1,5 +1,5 @@
 """Folders in Hugging Face hub layout: timm style (``config.json`` with ``architecture``)
-or, with the ``hf`` extra, a transformers ViT / DeiT image classifier."""
+or, with the ``hf`` extra, a transformers ViT, DeiT or DINOv2 image classifier."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.models import attention_sites as sites
 from vitprobe.models.checkpoints import load_strict, read_state_dict, timm_filter
-from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.models.loaded import LoadedModel, describe
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-TRANSFORMERS_VITS = {"vit": 1, "deit": 1}
+TRANSFORMERS_VITS = ("vit", "deit", "dinov2", "dinov2_with_registers")
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def load_timm_folder(folder: Path, config: dict[str, Any], trust_checkpoint: boo
                                pretrained_cfg_overlay=config.get("pretrained_cfg") or {}, **kwargs)
     path = weights_file(folder)
     load_strict(module, timm_filter(module, read_state_dict(path, trust_checkpoint)), str(path))
-    loaded = as_loaded(module.eval(), label=folder.name)
+    loaded = describe(module.eval(), label=folder.name)
     loaded.class_names = config.get("label_names")
     return loaded, path
 
@@ -84,18 +85,13 @@ def load_transformers_folder(folder: Path, config: dict[str, Any]) -> tuple[Load
     hf_model = AutoModelForImageClassification.from_pretrained(
         folder, local_files_only=True, attn_implementation="eager")
     module = TransformersClassifier(hf_model).eval()
-    distilled = "WithTeacher" in type(hf_model).__name__
-    patch = int(config.get("patch_size", 16))
-    size = int(config.get("image_size", 224))
+    size = sites.pair(config.get("image_size", 224))
     mean, std = _preprocessor_stats(folder)
-    loaded = LoadedModel(
-        module=module, label=folder.name, spec=str(folder), family="vit",
-        data_config={"input_size": (3, size, size), "interpolation": "bilinear", "mean": mean,
-                     "std": std, "crop_pct": 1.0, "crop_mode": "center"},
-        num_prefix_tokens=TRANSFORMERS_VITS[model_type] + int(distilled),
-        patch_size=(patch, patch), num_classes=int(hf_model.config.num_labels),
-        class_names=[hf_model.config.id2label[i] for i in sorted(hf_model.config.id2label)],
-    )
+    data_config = {"input_size": (int(config.get("num_channels", 3)), *size), "interpolation": "bilinear",
+                   "mean": mean, "std": std, "crop_pct": 1.0, "crop_mode": "center"}
+    loaded = describe(module, label=folder.name, data_config=data_config,
+                      input_source="transformers config.json + preprocessor_config.json")
+    loaded.class_names = [hf_model.config.id2label[i] for i in sorted(hf_model.config.id2label)]
     return loaded, weights_file(folder)
 
 

@@ -1,24 +1,29 @@
-"""``LoadedModel``: a module in eval mode plus what the analyses need to know about it."""
+"""``LoadedModel``: the one place that knows a model.
+
+Analyses ask it for logits, the token layout and attention sites of a ViT, the feature stages
+of a CNN, the input configuration and where it came from, and the class names; they never
+inspect an architecture themselves. Families: timm, torchvision, transformers (ViT, DeiT,
+DINOv2), ViTs built on ``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` or vit-pytorch,
+and any CNN.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from vitprobe.errors import UserError
+from vitprobe.models import attention_sites as sites
+from vitprobe.models.input_config import FLAGS, InputOverrides, inferred_config, timm_config
+from vitprobe.models.outputs import logits
+from vitprobe.models.stages import Stage, feature_stages
+from vitprobe.models.token_layout import TokenLayout
+
 Family = Literal["vit", "cnn", "other"]
-
-IMAGENET_DATA_CONFIG: dict[str, Any] = {
-    "input_size": (3, 224, 224),
-    "interpolation": "bicubic",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-}
-
 
 @dataclass
 class LoadedModel:
@@ -28,6 +33,7 @@ class LoadedModel:
     (``input_size`` as (C, H, W), ``interpolation``, ``mean``, ``std``, ``crop_pct``,
     ``crop_mode``). For a ViT, ``num_prefix_tokens`` counts the class, distillation and
     register tokens that precede the patch tokens, and ``patch_size`` is (height, width).
+    ``input_source`` says where ``data_config`` came from (``inferred`` when the model had none).
     """
 
     module: nn.Module
@@ -42,6 +48,7 @@ class LoadedModel:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    input_source: str = "timm pretrained_cfg"
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -68,6 +75,67 @@ class LoadedModel:
         return h // ph, w // pw
 
     @property
+    def in_chans(self) -> int:
+        return int(self.data_config["input_size"][0])
+
+    def logits(self, output: object) -> torch.Tensor:
+        """The (batch, classes) logits of one of this model's forward outputs."""
+        return logits(output)
+
+    def token_layout(self, input_size: tuple[int, int]) -> TokenLayout:
+        """Where the prefix tokens and the patch grid sit for an input of ``input_size``."""
+        if self.patch_size is None:
+            raise UserError(f"{self.label} is not a ViT: it has no token layout")
+        prefix = self.num_prefix_tokens
+        module = self.module
+        timm_tokens = hasattr(module, "num_prefix_tokens")
+        has_cls = getattr(module, "cls_token", None) is not None if timm_tokens else prefix > 0
+        return TokenLayout(
+            num_prefix_tokens=prefix, grid=self.grid_size(input_size), patch_size=self.patch_size,
+            cls_index=0 if has_cls else None,
+            dist_index=1 if timm_tokens and getattr(module, "dist_token", None) is not None else None)
+
+    @cached_property
+    def attention(self) -> sites.AttentionModel:
+        """The attention sites and blocks of a ViT; a UserError naming what cannot be read."""
+        return sites.attention_model(self)
+
+    def stages(self, input_size: tuple[int, int] | None = None) -> list[Stage]:
+        """The feature stages of a CNN for inputs of ``input_size`` (default: the model's)."""
+        return feature_stages(self.module, (self.in_chans, *(input_size or self.input_size)))
+
+    def stage_names(self, input_size: tuple[int, int] | None = None) -> list[str]:
+        return [stage.name for stage in self.stages(input_size)]
+
+    def block_names(self) -> list[str]:
+        """The transformer blocks of a ViT, in forward order."""
+        return self.attention.block_names
+
+    def resolve_layer(self, name: str) -> nn.Module:
+        """The submodule called ``name`` (``""`` is the model); a UserError listing the candidates."""
+        try:
+            return self.module.get_submodule(name)
+        except AttributeError:
+            candidates = self.block_names() if self.family == "vit" else self.stage_names()
+            raise UserError(f"{self.label} has no layer {name!r}; its "
+                            f"{'blocks' if self.family == 'vit' else 'stages'}: "
+                            f"{', '.join(candidates)} (any module name works)") from None
+
+    def with_input(self, overrides: InputOverrides) -> "LoadedModel":
+        """Apply user input settings; a fixed-size timm ViT is resized to a new input size."""
+        if not overrides.given:
+            return self
+        config = overrides.apply(self.data_config)
+        size = tuple(config["input_size"][1:])
+        module = self.module
+        if (size != self.input_size and hasattr(module, "set_input_size")
+                and not getattr(module, "dynamic_img_size", False)):
+            module.set_input_size(img_size=size)
+        self.data_config = config
+        self.input_source = f"{self.input_source} + command line ({', '.join(overrides.given)})"
+        return self
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
@@ -82,72 +150,113 @@ def module_device(module: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[-1])
-    return int(value), int(value)
 
 
-def detect_family(module: nn.Module) -> Family:
-    """``vit`` for patch-token transformers, ``cnn`` for convolutional nets, else ``other``."""
-    patch_embed = getattr(module, "patch_embed", None)
-    if patch_embed is not None and hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens"):
-        return "vit"
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    attention = [m for m in module.modules() if isinstance(m, nn.MultiheadAttention)
-                 or type(m).__name__.endswith("Attention")]
-    patchify = any(type(m).__name__ == "PatchEmbed" for m in module.modules())
-    if convs and not attention and not patchify:
-        return "cnn"
-    return "other"
+def _patch_size(module: nn.Module) -> tuple[int, int] | None:
+    """A patch size attribute (torchvision, vit-pytorch), else the first convolution whose
+    kernel equals its stride (a patchifying stem)."""
+    value = getattr(module, "patch_size", None)
+    if isinstance(value, (int, tuple, list)):
+        return sites.pair(value)
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d) and sub.kernel_size == sub.stride and sub.stride[0] > 1:
+            return int(sub.stride[0]), int(sub.stride[1])
+    return None
 
 
-def timm_data_config(module: nn.Module) -> dict[str, Any]:
-    """timm's evaluation preprocessing for ``module`` (ImageNet defaults for non-timm modules)."""
-    if getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None):
-        from timm.data import resolve_data_config
+def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None = None,
+             input_source: str | None = None) -> LoadedModel:
+    """What can be read off ``module`` without running it: family, token layout, input
+    configuration (given, timm's, transformers', or inferred from the layers)."""
+    hf_model = sites.hf_model_of(module)
+    patch = None
+    prefix = 0
+    if hasattr(module, "patch_embed") and hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens"):
+        family, prefix = "vit", int(module.num_prefix_tokens)
+        patch = sites.pair(module.patch_embed.patch_size)
+    elif hf_model is not None and hasattr(hf_model.config, "patch_size"):
+        family = "vit"
+        layout = sites.hf_layout(hf_model, (0, 0))
+        prefix, patch = layout.num_prefix_tokens, layout.patch_size
+    elif sites.generic_sites(module)[0] and _patch_size(module) is not None:
+        family, patch, prefix = "vit", _patch_size(module), -1  # counted by the probe
+    elif any(isinstance(m, nn.Conv2d) for m in module.modules()) and not (
+            sites.unreadable_attention(module) or sites.generic_sites(module)[0]
+            or any(type(m).__name__ == "PatchEmbed" for m in module.modules())):
+        family = "cnn"
+    else:
+        family = "other"
+    config, source = data_config, input_source or "given"
+    if config is None:
+        config, source = timm_config(module), "timm pretrained_cfg"
+        if family == "vit" and config is not None:
+            img_size = getattr(module.patch_embed, "img_size", None)
+            if img_size is not None:  # the patch embedding knows the resolution it was built for
+                config["input_size"] = (config["input_size"][0], *sites.pair(img_size))
+    if config is None:
+        config, source = inferred_config(module, patch), "inferred"
+    num_classes = getattr(module, "num_classes", None)
+    if hf_model is not None:
+        num_classes = hf_model.config.num_labels
+    return LoadedModel(module=module.eval(), label=label, spec=label, family=family,
+                       data_config=dict(config), num_prefix_tokens=prefix, patch_size=patch,
+                       num_classes=int(num_classes) if isinstance(num_classes, int) else None,
+                       input_source=source)
 
-        config = resolve_data_config({}, model=module)
-        config["input_size"] = tuple(int(v) for v in config["input_size"])
-        return dict(config)
-    return dict(IMAGENET_DATA_CONFIG)
+
+class _TokenCounter(sites.SiteListener):
+    keep_for_gradients = False
+
+    def __init__(self) -> None:
+        self.tokens: int | None = None
+
+    def attention(self, index: int, attention: torch.Tensor) -> None:
+        if self.tokens is None:
+            self.tokens = int(attention.shape[-1])
 
 
-def vit_layout(module: nn.Module) -> tuple[int, tuple[int, int]]:
-    """(number of prefix tokens, patch size) of a timm ViT."""
-    return int(module.num_prefix_tokens), _pair(module.patch_embed.patch_size)
+@torch.no_grad()
+def complete(loaded: LoadedModel, check: bool = False) -> LoadedModel:
+    """Run the model once on a zero image of its input configuration: this checks that the
+    configuration fits, reads the number of classes off the logits, and counts the prefix
+    tokens of a ViT whose layout has no attribute to tell (``nn.TransformerEncoder`` ViTs).
+    Skipped, unless ``check``, when the token layout is known (a plain module handed to an
+    analysis is not run here)."""
+    if not check and loaded.num_prefix_tokens >= 0:
+        return loaded
+    counter = _TokenCounter()
+    handles = []
+    if loaded.num_prefix_tokens < 0:
+        first = sites.generic_sites(loaded.module)[0][0]
+        handles = first.register(counter)
+    shape = (1, *loaded.data_config["input_size"])
+    try:
+        with sites.mha_math_path():
+            output = loaded.module(torch.zeros(shape, device=module_device(loaded.module)))
+    except Exception as error:  # the model's own code rejected the input
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{loaded.label} fails on a {shape} input ({detail}); give the input it "
+                        f"expects with {FLAGS}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    try:
+        loaded.num_classes = int(logits(output).shape[-1])
+    except UserError:  # a feature extractor: no classes, and analyses that need them say so
+        loaded.num_classes = None
+    if loaded.num_prefix_tokens < 0:
+        rows, cols = loaded.grid_size()
+        prefix = (counter.tokens or 0) - rows * cols
+        if prefix < 0:
+            raise UserError(f"{loaded.label}: its attention sees {counter.tokens} tokens, fewer than "
+                            f"the {rows}x{cols} patches of a {loaded.input_size} input")
+        loaded.num_prefix_tokens = prefix
+    return loaded
 
 
-def as_loaded(
-    model: nn.Module | LoadedModel,
-    label: str | None = None,
-    data_config: dict[str, Any] | None = None,
-) -> LoadedModel:
-    """Wrap a plain module so every analysis can take either; a ``LoadedModel`` passes through.
-
-    The family and token layout are read off the module (timm attributes); the input
-    configuration comes from timm's ``pretrained_cfg`` when present.
-    """
+def as_loaded(model: nn.Module | LoadedModel, label: str | None = None,
+              data_config: dict[str, Any] | None = None) -> LoadedModel:
+    """Wrap a plain module so every analysis can take either; a ``LoadedModel`` passes through."""
     if isinstance(model, LoadedModel):
         return model
-    family = detect_family(model)
-    prefix, patch = vit_layout(model) if family == "vit" else (0, None)
-    config = data_config or timm_data_config(model)
-    if family == "vit" and data_config is None:
-        # the patch embedding knows the resolution the model was built for
-        img_size = getattr(model.patch_embed, "img_size", None)
-        if img_size is not None:
-            h, w = _pair(img_size)
-            config["input_size"] = (config["input_size"][0], h, w)
-    num_classes = getattr(model, "num_classes", None)
-    return LoadedModel(
-        module=model.eval(),
-        label=label or type(model).__name__,
-        spec=label or type(model).__name__,
-        family=family,
-        data_config=config,
-        num_prefix_tokens=prefix,
-        patch_size=patch,
-        num_classes=int(num_classes) if num_classes is not None else None,
-    )
-
+    return complete(describe(model, label or type(model).__name__, data_config))

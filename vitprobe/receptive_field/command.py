@@ -28,12 +28,10 @@ SUMMARY_THRESHOLD = 0.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("receptive field")
-    group.add_argument("--layers", nargs="+", metavar="NAME",
-                       help="module names to measure, in every model (default: each stage "
-                            "layer1..layer4 of a ResNet, each block blocks.0.. of a ViT)")
-    group.add_argument("--input-size", type=int, metavar="S",
-                       help="render/resize the images to SxS (default: the model's own size); "
-                            "a ViT runs on a copy with its position embedding resampled")
+    group.add_argument("--layer", action="append", metavar="NAME",
+                       help="module to measure, repeatable, in every model (default: each feature "
+                            "stage of a CNN, e.g. layer1..layer4 of a ResNet, each block of a ViT); "
+                            "--input-size renders the images at another size")
     group.add_argument("--gradient", choices=tuple(GRADIENT_RULES), default="relu",
                        help="element-wise rule on the input gradient before the channel sum "
                             "(default: relu, as RepLKNet's script)")
@@ -93,21 +91,22 @@ def run(ctx: RunContext) -> None:
     results: list[ReceptiveFieldResult] = []
     distances: dict[str, pd.DataFrame] = {}
     for model in ctx.models():
-        size = (args.input_size, args.input_size) if args.input_size else model.input_size
-        data = ctx.data(model, input_size=size)
-        ctx.log(f"{model.label}: effective receptive field on {data.num_images} images at "
-                f"{size[0]}x{size[1]}")
-        result = effective_receptive_field(
-            model, data, args.layers, gradient=args.gradient, objective_relu=args.objective_relu,
-            scale=args.scale, exponent=args.exponent, score_on=args.score_on,
-            centre=args.centre)
-        ctx.add_rows(result.to_frame())
-        results.append(result)
-        if model.family == "vit":
-            frame = _attention_distance(model, data, size)
-            if frame is not None:
-                distances[model.label] = frame
-                ctx.add_rows(_attention_rows(model, frame))
+        with ctx.isolated(model.label):
+            size = model.input_size
+            data = ctx.data(model, input_size=size)
+            ctx.log(f"{model.label}: effective receptive field on {data.num_images} images at "
+                    f"{size[0]}x{size[1]}")
+            result = effective_receptive_field(
+                model, data, args.layer, gradient=args.gradient, objective_relu=args.objective_relu,
+                scale=args.scale, exponent=args.exponent, score_on=args.score_on,
+                centre=args.centre)
+            ctx.add_rows(result.to_frame())
+            results.append(result)
+            if model.family == "vit":
+                frame = _attention_distance(model, data, size)
+                if frame is not None:
+                    distances[model.label] = frame
+                    ctx.add_rows(_attention_rows(model, frame))
     ctx.save_figure(erf_heatmaps(results), "receptive-field-erf")
     ctx.save_figure(extent_figure(results, distances), "receptive-field-extent")
     ctx.print_table(summary_table(ctx.table()))

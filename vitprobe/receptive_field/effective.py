@@ -49,41 +49,16 @@ GRADIENT_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 SCALES = ("log", "power")
 SCORE_ON = ("scaled", "raw")
 CENTRES = ("field", "map")
-RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-TRANSFORMER_BLOCK_LISTS = ("blocks", "layer", "layers")
-
-
-def transformer_blocks(module: nn.Module) -> list[str]:
-    """Names of a ViT's transformer blocks: the first module list or sequence named
-    ``blocks``, ``layer`` or ``layers`` (timm: ``blocks.N``; Hugging Face: ``vit.layers.N``)."""
-    for name, child in module.named_modules():
-        listed = isinstance(child, (nn.ModuleList, nn.Sequential))
-        if listed and name.rsplit(".", 1)[-1] in TRANSFORMER_BLOCK_LISTS:
-            return [f"{name}.{i}" for i in range(len(child))]
-    raise UserError("cannot find the transformer blocks of this ViT; name the layers to measure")
-
-
-def default_layers(model: nn.Module | LoadedModel) -> list[str]:
-    """Every block of a ViT (``blocks.0`` ...), every stage of a ResNet (``layer1`` ...), else
-    the model's output (``""``) for a plain stack of convolutions."""
+def default_layers(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None = None) -> list[str]:
+    """Every transformer block of a ViT (``blocks.0`` ...), every feature stage of a CNN
+    (``layer1`` ... of a ResNet, found by :mod:`vitprobe.models.stages`), else the model's
+    output (``""``)."""
     loaded = as_loaded(model)
-    module = loaded.module
     if loaded.family == "vit":
-        return transformer_blocks(module)
-    stages = [name for name in RESNET_STAGES if isinstance(getattr(module, name, None), nn.Module)]
-    return stages or [""]
-
-
-def resolve_layer(module: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (``""`` is the model itself), or a UserError."""
-    try:
-        return module.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in module.named_children()]
-        raise UserError(f"the model has no layer {name!r}; its top-level modules: "
-                        f"{', '.join(names)}") from None
+        return loaded.block_names()
+    return loaded.stage_names(input_size) if loaded.family == "cnn" else [""]
 
 
 class CentreObjective:
@@ -95,8 +70,9 @@ class CentreObjective:
     """
 
     def __init__(self, relu: bool, grid: tuple[int, int] | None = None,
-                 num_prefix_tokens: int = 0) -> None:
+                 num_prefix_tokens: int = 0, sequence_first: bool = False) -> None:
         self.relu = relu
+        self.sequence_first = sequence_first
         self.grid = grid
         self.num_prefix_tokens = num_prefix_tokens
         self.unit: tuple[int, int] | None = None
@@ -105,6 +81,8 @@ class CentreObjective:
     def __call__(self, output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
         if isinstance(output, (tuple, list)):
             output = output[0]
+        if self.sequence_first and output.dim() == 3:
+            output = output.transpose(0, 1)
         if output.dim() == 4:
             rows, cols = int(output.shape[2]), int(output.shape[3])
             values = output[:, :, rows // 2, cols // 2]
@@ -163,7 +141,7 @@ def _accumulate(loaded: LoadedModel, batches: Batches, layer: str, objective: Ce
     """Sum over this rank's images of the per-image gradient maps; (sum, used, skipped)."""
     module = loaded.module
     device = module_device(module)
-    neuron = NeuronGradient(module, resolve_layer(module, layer))
+    neuron = NeuronGradient(module, loaded.resolve_layer(layer))
     total, used, skipped = None, 0, 0
     for images, _ in progress(distributed.shard(list(batches)), desc=f"ERF {layer or 'output'}"):
         images = images.to(device=device, dtype=torch.float32).detach().requires_grad_(True)
@@ -259,8 +237,9 @@ def effective_receptive_field(
     batches = as_batches(images)
     size = tuple(int(v) for v in batches[0][0].shape[-2:])
     loaded = at_input_size(loaded, size)
-    layers = default_layers(loaded) if layer is None else (
+    layers = default_layers(loaded, size) if layer is None else (
         [layer] if isinstance(layer, str) else list(layer))
+    sequence_first = loaded.family == "vit" and loaded.attention.sequence_first
     grid = loaded.grid_size(size) if loaded.family == "vit" else None
     raw, units, grids, used, skipped = [], [], [], 0, 0
     module = loaded.module
@@ -268,7 +247,7 @@ def effective_receptive_field(
     module.eval()
     try:
         for name in layers:
-            objective = CentreObjective(objective_relu, grid, loaded.num_prefix_tokens)
+            objective = CentreObjective(objective_relu, grid, loaded.num_prefix_tokens, sequence_first)
             total, used, skipped = _accumulate(loaded, batches, name, objective,
                                                GRADIENT_RULES[gradient])
             if used == 0:

@@ -40,6 +40,8 @@ def model_record(model: LoadedModel) -> dict[str, Any]:
         "checkpoint": model.checkpoint,
         "checkpoint_sha256": model.checkpoint_sha256,
         "input_size": list(model.data_config["input_size"]),
+        "input_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()},
+        "input_source": model.input_source,
         **({"info": model.info} if model.info else {}),
     }
 
@@ -63,6 +65,7 @@ def run_metadata(
     seconds: float,
     status: str,
     world_size: int = 1,
+    failures: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to reproduce (or doubt) one run's numbers."""
     return {
@@ -77,4 +80,5 @@ def run_metadata(
         "data": {label: data_record(d) for label, d in data.items()},
         "seconds": round(seconds, 3),
         "status": status,
+        "failed_models": failures or [],
     }

@@ -91,43 +91,44 @@ def run(ctx: RunContext) -> None:
     spectra: list[SpectrumResult] = []
     summary: list[dict] = []
     for model in ctx.models():
-        data = ctx.data(model)
-        extra = _labels(model)
-        ctx.log(f"sharpness: {model.label} on {data.num_images} images")
-        operator = HessianOperator(model, data, params=args.params, keep_graphs=keep)
-        spectrum = hessian_spectrum(model, k=args.top_k, tol=args.tol, method=args.method,
-                                    max_iter=args.max_iter, params=args.params, seed=args.seed,
-                                    operator=operator)
-        spectra.append(spectrum)
-        ctx.add_rows(spectrum.to_frame().assign(**extra))
-        row = {"model": model.label, **extra, "loss": spectrum.loss,
-               **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
-               "hvps": spectrum.total_hvps}
-        if args.trace:
-            trace = hessian_trace(model, method=args.trace_method, num_samples=args.trace_samples,
-                                  seed=args.seed, params=args.params, operator=operator)
-            ctx.add_rows(trace.to_frame().assign(**extra))
-            row.update(trace=trace.trace, trace_se=trace.std_error)
-            row["hvps"] += trace.hvps
-        if args.density:
-            density = hessian_density(model, num_vectors=args.density_vectors, steps=args.density_steps,
-                                      reorthogonalise=not args.density_no_reorth, seed=args.seed,
-                                      params=args.params, operator=operator)
-            ctx.add_rows(density.to_frame().assign(**extra))
-            ctx.save_figure(density_plot(density), f"density-{_safe(model.label)}")
-            row["hvps"] += density.hvps
-        operator.release()
-        if rhos:
-            sam = sam_sharpness(model, data, rho=rhos, steps=args.sam_steps, adaptive=args.sam_adaptive,
-                                m=args.sam_m, params=args.params)
-            ctx.add_rows(sam.to_frame().assign(**extra))
-            row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
-        if args.keskar is not None:
-            keskar = keskar_sharpness(model, data, epsilon=args.keskar, params=args.params, seed=args.seed)
-            ctx.add_rows(keskar.to_frame().assign(**extra))
-            row[f"keskar_{args.keskar:g}"] = keskar.sharpness
-        ctx.save_figure(eigenvalue_bars(spectrum), f"eigenvalues-{_safe(model.label)}")
-        summary.append(row)
+        with ctx.isolated(model.label):
+            data = ctx.data(model)
+            extra = _labels(model)
+            ctx.log(f"sharpness: {model.label} on {data.num_images} images")
+            operator = HessianOperator(model, data, params=args.params, keep_graphs=keep)
+            spectrum = hessian_spectrum(model, k=args.top_k, tol=args.tol, method=args.method,
+                                        max_iter=args.max_iter, params=args.params, seed=args.seed,
+                                        operator=operator)
+            spectra.append(spectrum)
+            ctx.add_rows(spectrum.to_frame().assign(**extra))
+            row = {"model": model.label, **extra, "loss": spectrum.loss,
+                   **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
+                   "hvps": spectrum.total_hvps}
+            if args.trace:
+                trace = hessian_trace(model, method=args.trace_method, num_samples=args.trace_samples,
+                                      seed=args.seed, params=args.params, operator=operator)
+                ctx.add_rows(trace.to_frame().assign(**extra))
+                row.update(trace=trace.trace, trace_se=trace.std_error)
+                row["hvps"] += trace.hvps
+            if args.density:
+                density = hessian_density(model, num_vectors=args.density_vectors, steps=args.density_steps,
+                                          reorthogonalise=not args.density_no_reorth, seed=args.seed,
+                                          params=args.params, operator=operator)
+                ctx.add_rows(density.to_frame().assign(**extra))
+                ctx.save_figure(density_plot(density), f"density-{_safe(model.label)}")
+                row["hvps"] += density.hvps
+            operator.release()
+            if rhos:
+                sam = sam_sharpness(model, data, rho=rhos, steps=args.sam_steps, adaptive=args.sam_adaptive,
+                                    m=args.sam_m, params=args.params)
+                ctx.add_rows(sam.to_frame().assign(**extra))
+                row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
+            if args.keskar is not None:
+                keskar = keskar_sharpness(model, data, epsilon=args.keskar, params=args.params, seed=args.seed)
+                ctx.add_rows(keskar.to_frame().assign(**extra))
+                row[f"keskar_{args.keskar:g}"] = keskar.sharpness
+            ctx.save_figure(eigenvalue_bars(spectrum), f"eigenvalues-{_safe(model.label)}")
+            summary.append(row)
     if len(spectra) > 1:
         ctx.save_figure(eigenvalue_comparison(spectra), "eigenvalues")
     table = pd.DataFrame(summary)

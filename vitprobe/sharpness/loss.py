@@ -19,6 +19,7 @@ from vitprobe import distributed
 from vitprobe.data.batches import Batch, Batches
 from vitprobe.errors import UserError
 from vitprobe.models.attention_path import math_attention
+from vitprobe.models.outputs import logits
 from vitprobe.sharpness.vectors import unflatten
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -26,7 +27,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The default loss: mean cross-entropy of the logits (no label smoothing, no weight decay)."""
-    return F.cross_entropy(outputs, labels)
+    return F.cross_entropy(logits(outputs), labels)
 
 
 @contextmanager

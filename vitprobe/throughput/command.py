@@ -18,22 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="untimed warm-up steps (default: 10)")
     group.add_argument("--steps", type=int, default=50, metavar="N",
                        help="timed steps (default: 50)")
-    group.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                       help="input resolution (default: the model's)")
 
 
 def run(ctx: RunContext) -> None:
     args = ctx.args
     for model in ctx.models():
-        result = measure_throughput(
-            model, batch_size=ctx.batch_size, precision=args.precision,
-            channels_last=args.channels_last, compile=args.compile, device=ctx.device,
-            warmup=args.warmup, steps=args.steps,
-            input_size=tuple(args.input_size) if args.input_size else None)
-        frame = result.to_frame()
-        ctx.add_rows(frame)
-        ctx.print_table(frame[["model", "metric", "value", "device", "dtype", "batch",
-                               "resolution", "threads"]])
+        with ctx.isolated(model.label):
+            result = measure_throughput(
+                model, batch_size=ctx.batch_size, precision=args.precision,
+                channels_last=args.channels_last, compile=args.compile, device=ctx.device,
+                warmup=args.warmup, steps=args.steps)
+            frame = result.to_frame()
+            ctx.add_rows(frame)
+            ctx.print_table(frame[["model", "metric", "value", "device", "dtype", "batch",
+                                   "resolution", "threads"]])
 
 
 COMMANDS = [Command(

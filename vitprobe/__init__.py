@@ -16,6 +16,7 @@ _EXPORTS = {
     "load_model": "vitprobe.models",
     "LoadedModel": "vitprobe.models",
     "as_loaded": "vitprobe.models",
+    "InputOverrides": "vitprobe.models",
     "load_data": "vitprobe.data",
     "Batches": "vitprobe.data",
     "UserError": "vitprobe.errors",

@@ -6,6 +6,7 @@ initialised, so analyses call them unconditionally.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from typing import TypeVar
@@ -25,6 +26,14 @@ def init_from_env(device: torch.device) -> None:
     if launched_by_torchrun() and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter exits: its threads, left running,
+    abort the process at exit ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

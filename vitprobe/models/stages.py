@@ -10,7 +10,8 @@ the first pooling to 1x1 or the first output that is no longer a map. A model wh
 is a map (a feature extractor) has itself, ``""``, as its last stage.
 Among the maps of one resolution the stage is the outermost module, the last to finish; maps
 deeper than the stages before them (a squeeze-excitation's 1x1 maps) are not stages, and when
-some stages are blocks, single layers (a stem's activation) are not stages either.
+some stages are blocks, single layers (a stem's activation) are not stages either; nor is a
+module called more than once per forward (the captum tutorial's shared pooling layer).
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
         module.train(was_training)
         for handle in handles:
             handle.remove()
+    calls: dict[nn.Module, int] = {}
+    for sub, _ in finished:
+        calls[sub] = calls.get(sub, 0) + 1
     groups: dict[tuple[int, int], list[tuple[nn.Module, int]]] = {}
     for sub, shape in finished:
+        if calls[sub] > 1:
+            continue  # a module applied twice (a shared pooling layer) has no single output
         groups.setdefault((shape[1], shape[2]), []).append((sub, shape[0]))
     stages: list[Stage] = []
     trunk_depth = None

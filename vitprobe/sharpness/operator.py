@@ -83,11 +83,14 @@ class HessianOperator:
         with analysis_mode(self.module):
             for index, batch in enumerate(self.batches):
                 if keep and index == 0 and keep_graphs == "auto":
+                    # measure the first batch's graph, then build it again outside the Python
+                    # saved-tensor hooks: a kept graph whose nodes hold Python hooks is freed at
+                    # interpreter exit, after Python is gone, and crashes the process
                     with _SavedBytes() as counter:
-                        loss, grads = self._weighted_grad(batch, create_graph=True)
+                        self._weighted_grad(batch, create_graph=True)
                     estimate = counter.bytes * len(self.batches)
                     keep = estimate < MEMORY_FRACTION * _free_memory(self.device)
-                elif keep:
+                if keep:
                     loss, grads = self._weighted_grad(batch, create_graph=True)
                 else:
                     loss, grads = self._batch_loss_only(batch), ()

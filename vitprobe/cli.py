@@ -180,8 +180,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _close(ctx: RunContext | None, status: str) -> None:
-    if ctx is not None and (ctx.rows or ctx.loaded):
-        ctx.write_metadata(status)
+    """Write the run's final record; a failure to write is reported, never raised."""
+    if ctx is None:
+        return
+    try:
+        ctx.end(status)
+    except (UserError, OSError) as error:
+        print(f"vitprobe {ctx.command.name}: could not write the run record: {error}", file=sys.stderr)
 
 
 def run() -> None:

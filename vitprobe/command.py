@@ -3,13 +3,21 @@
 Each analysis package has a ``command.py`` that defines ``COMMAND = Command(...)``. The CLI
 adds the shared options, builds a :class:`RunContext`, and calls ``COMMAND.run(ctx)``. A
 command computes through the analysis API and hands rows and figures to the context, which
-writes ``<out>/<name>.csv`` (rewritten atomically after every ``add_rows``, so an
-interrupted run keeps what it finished), ``<out>/<name>.json`` and ``<out>/figures/``.
+writes ``<out>/<name>.csv``, ``<out>/<name>.json`` and ``<out>/figures/``.
+
+The CSV is rewritten atomically after every ``add_rows``, so an interrupted run keeps what it
+finished, and the JSON beside it is rewritten with it: its ``status`` (``running``,
+``interrupted``, ``complete``, ...), the models this run finished, the CSV's SHA-256, and the
+rows kept from a previous run. A rerun never destroys a previous result before it has a better
+one: until it completes, the previous rows of models it has not recomputed yet stay in the CSV
+(and the JSON says so); a complete run holds its own rows only. A lock file refuses a second
+live run of the same command into the same folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -27,7 +35,8 @@ from vitprobe.errors import UserError
 from vitprobe.models.input_config import InputOverrides
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.progress import log
-from vitprobe.report.files import write_csv, write_json
+from vitprobe.report import run_lock
+from vitprobe.report.files import sha256_file, write_csv, write_json
 from vitprobe.report.metadata import run_metadata
 
 DEMO_ZOO = ("demo:vit", "demo:resnet", "demo:vit-sam", "demo:resnet-sam")
@@ -60,6 +69,10 @@ class RunContext:
     loaded: list[LoadedModel] = field(default_factory=list)
     datasets: dict[str, Batches] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    previous: Previous | None = None
+    _begun: bool = False
+    _locked: bool = False
 
     # -- inputs -------------------------------------------------------------------------
     @property
@@ -91,6 +104,7 @@ class RunContext:
         ``--model`` at that position."""
         from vitprobe.models import load_model
 
+        self.begin()
         model = load_model(
             spec,
             allow_download=self.args.allow_download,
@@ -111,6 +125,9 @@ class RunContext:
                 model = self.load_model(spec, index)
             if model is not None:
                 yield model
+                if not any(failure["model"] == model.label for failure in self.failures):
+                    self.done.append(model.label)
+                self.flush("running")
 
     @contextmanager
     def isolated(self, label: str) -> Iterator[None]:
@@ -151,11 +168,66 @@ class RunContext:
     def json_path(self) -> Path:
         return self.out / f"{self.command.name}.json"
 
+    def begin(self) -> None:
+        """Before the first model: check ``--out``, take its lock for this command, and read
+        the previous run's CSV and JSON there (rank 0 only; once)."""
+        if self._begun or not distributed.is_main():
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"--out {self.out} is a file, not a folder") from None
+        except OSError as error:
+            raise UserError(f"cannot create --out {self.out}: {error.strerror}") from None
+        self._locked = run_lock.acquire(self.lock_path, self.command.name)
+        self.previous = Previous.read(self.csv_path, self.json_path)
+        self._begun = True
+        self.flush("running")
+
+    def end(self, status: str) -> None:
+        """Write the final CSV and JSON for ``status`` and release the lock; never raises."""
+        if not self._begun or not distributed.is_main():
+            return
+        try:
+            if self.rows or self.loaded:
+                self.flush(status)
+        finally:
+            if self._locked:
+                run_lock.release(self.lock_path)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.out / f".{self.command.name}.lock"
+
     def add_rows(self, frame: pd.DataFrame) -> None:
-        """Append tidy rows and rewrite the command's CSV at once (rank 0 only)."""
+        """Append tidy rows and rewrite the command's CSV and JSON at once (rank 0 only)."""
+        self.begin()
         self.rows.append(frame)
-        if distributed.is_main():
-            write_csv(self.table(), self.csv_path)
+        self.flush("running")
+
+    def kept_rows(self, status: str) -> pd.DataFrame:
+        """The previous run's rows of models this run has not produced rows for (none once
+        the run is complete)."""
+        previous = self.previous.rows if self.previous is not None else None
+        if status == "complete" or previous is None or "model" not in previous:
+            return pd.DataFrame()
+        table = self.table()
+        mine = set(table["model"]) if "model" in table else set()
+        return previous[~previous["model"].isin(mine)]
+
+    def flush(self, status: str) -> None:
+        """The CSV (this run's rows, plus the kept ones) and the JSON that describes it."""
+        if not distributed.is_main() or not self._begun:
+            return
+        kept = self.kept_rows(status)
+        parts = [frame for frame in (self.table(), kept) if not frame.empty]
+        csv_sha = None
+        if parts:
+            write_csv(pd.concat(parts, ignore_index=True), self.csv_path)
+            csv_sha = sha256_file(self.csv_path)
+        elif self.csv_path.exists():
+            self.csv_path.unlink()
+        self.write_metadata(status, csv_sha, kept)
 
     def table(self) -> pd.DataFrame:
         return pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame()
@@ -183,9 +255,7 @@ class RunContext:
             with pd.option_context("display.width", 160, "display.max_columns", 20):
                 print(frame.to_string(index=False, float_format=_format_float))
 
-    def write_metadata(self, status: str) -> None:
-        if not distributed.is_main():
-            return
+    def write_metadata(self, status: str, csv_sha: str | None, kept: pd.DataFrame) -> None:
         meta = run_metadata(
             command=self.command.name,
             argv=self.argv,
@@ -198,7 +268,31 @@ class RunContext:
             world_size=distributed.world_size(),
             failures=self.failures,
         )
+        meta["models_done"] = list(self.done)
+        meta["csv_sha256"] = csv_sha
+        meta["kept_from_previous"] = self.previous.describe(sorted(set(kept["model"]))) if len(kept) else None
         write_json(meta, self.json_path)
+
+
+@dataclass
+class Previous:
+    """What an earlier run left in the output folder: its rows and its record."""
+
+    rows: pd.DataFrame
+    record: dict
+
+    @classmethod
+    def read(cls, csv_path: Path, json_path: Path) -> "Previous | None":
+        try:
+            rows = pd.read_csv(csv_path)
+            record = json.loads(json_path.read_text())
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return None  # nothing there, or nothing that can be trusted
+        return cls(rows, record) if isinstance(record, dict) else None
+
+    def describe(self, models: list[str]) -> dict:
+        return {"models": models, "argv": self.record.get("argv"), "status": self.record.get("status"),
+                "finished": self.record.get("finished")}
 
 
 def _format_float(value: float) -> str:

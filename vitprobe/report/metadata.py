@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from datetime import datetime, timezone
 import sys
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -80,5 +81,6 @@ def run_metadata(
         "data": {label: data_record(d) for label, d in data.items()},
         "seconds": round(seconds, 3),
         "status": status,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "failed_models": failures or [],
     }

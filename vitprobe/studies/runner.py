@@ -1,9 +1,10 @@
 """Run a recipe: each analysis through ``vitprobe.cli.main`` into one out folder, resumably.
 
 An analysis is skipped when its ``<command>.json`` sidecar in the out folder says
-``"status": "complete"`` and records the same command line as the one it would run now
-(``--quiet`` aside), so a second run of a finished study does nothing, and a changed
-setting reruns just that analysis.
+``"status": "complete"``, records the same command line as the one it would run now
+(``--quiet`` aside), and the CSV beside it is the one it describes (its SHA-256), so a second
+run of a finished study does nothing, a changed setting reruns just that analysis, and a run
+that was killed or overwritten since is rerun.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from vitprobe.errors import UserError
 from vitprobe.progress import log
-from vitprobe.report.files import atomic_write
+from vitprobe.report.files import atomic_write, sha256_file
 from vitprobe.studies.options import command_parsers, find_action, to_argv
 from vitprobe.studies.recipe import Analysis, Recipe
 
@@ -71,14 +72,17 @@ def _comparable(argv: list[str]) -> list[str]:
 
 
 def is_complete(out: Path, command: str, argv: list[str]) -> bool:
-    """Whether ``<out>/<command>.json`` records a complete run of exactly ``argv``."""
-    sidecar = out / f"{command}.json"
+    """Whether ``<out>/<command>.json`` records a complete run of exactly ``argv`` and the CSV
+    beside it is the one that run wrote."""
+    sidecar, table = out / f"{command}.json", out / f"{command}.csv"
     try:
         meta = json.loads(sidecar.read_text())
+        csv_sha = sha256_file(table) if table.exists() else None
     except (OSError, ValueError):
         return False
-    return (meta.get("status") == "complete"
-            and _comparable(meta.get("argv", [])) == _comparable(["vitprobe", *argv]))
+    return (isinstance(meta, dict) and meta.get("status") == "complete"
+            and _comparable(meta.get("argv", [])) == _comparable(["vitprobe", *argv])
+            and meta.get("csv_sha256") == csv_sha)
 
 
 def check_models(specs: list[str], settings: dict[str, Any]) -> list[str]:

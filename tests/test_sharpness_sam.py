@@ -120,3 +120,67 @@ def test_bad_inputs_are_user_errors(tiny_vit, tiny_batches):
         sam_sharpness(tiny_vit, tiny_batches)
     with pytest.raises(UserError, match="not finite"):
         keskar_sharpness(tiny_vit, tiny_batches)
+
+
+def _converged_logistic_model() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A 2-class linear classifier on 3 separable points (float64), trained to a small loss."""
+    torch.manual_seed(0)
+    x = torch.tensor([[1.0, 0.5], [-1.0, -0.3], [0.8, -0.9]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 0])
+    model = nn.Linear(2, 2).double()
+    optimiser = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        optimiser.step(closure)
+    return model.eval(), (x, y)
+
+
+def test_keskar_on_a_converged_model_finds_the_brute_force_maximum():
+    """Cross-entropy of a linear model is convex in its 6 weights, so the box maximum is at one of
+    its 64 corners: enumerate them. From the sign corner, and by projected ascent, vitprobe finds
+    it; started at the box centre (the literal reading) on the float32 model, L-BFGS-B returns 0."""
+    import itertools
+
+    model, (x, y) = _converged_logistic_model()
+    w = torch.cat([model.weight.detach().ravel(), model.bias.detach()]).double()
+    with torch.no_grad():
+        loss0 = float(nn.functional.cross_entropy(model(x), y))
+    assert loss0 < 1e-3
+    epsilon = 5e-2
+    h = epsilon * (w.abs() + 1)
+    best = -np.inf
+    for signs in itertools.product((-1.0, 1.0), repeat=6):
+        v = w + h * torch.tensor(signs, dtype=torch.float64)
+        logits = x @ v[:4].reshape(2, 2).T + v[4:]
+        best = max(best, float(nn.functional.cross_entropy(logits, y)))
+    expected = (best - loss0) / (1 + loss0) * 100
+    corner = keskar_sharpness(model, (x, y), epsilon=epsilon)
+    projected = keskar_sharpness(model, (x, y), epsilon=epsilon, method="projected")
+    np.testing.assert_allclose([corner.sharpness, projected.sharpness], expected, rtol=1e-4)
+    frame = corner.to_frame()  # the corner is a KKT point here: scipy says so, and it is recorded
+    assert frame["solver"].iloc[0] == "lbfgsb" and "PGTOL" in frame["solver_message"].iloc[0]
+    # the defect the corner start fixes: in float32, L-BFGS-B from the centre finds nothing
+    import copy
+
+    model32, x32 = copy.deepcopy(model).float(), x.float()
+    assert keskar_sharpness(model32, (x32, y), epsilon=epsilon, start="centre").sharpness == 0.0
+    assert keskar_sharpness(model32, (x32, y), epsilon=epsilon).sharpness > 0.5 * expected
+
+
+def test_keskar_subspace_never_builds_the_n_by_p_matrix():
+    """A^+ x from the chunked A equals numpy's pseudo-inverse of the same A."""
+    from vitprobe.sharpness.keskar import RandomSubspace
+
+    x = torch.randn(70, dtype=torch.float64)
+    subspace = RandomSubspace(70, 4, seed=3, device=torch.device("cpu"))
+    dense = torch.cat([block for _, block in subspace._chunks()]).numpy()
+    np.testing.assert_allclose(subspace.pseudo_inverse_times(x).numpy(), np.linalg.pinv(dense) @ x.numpy(),
+                               rtol=1e-10)
+    y = torch.randn(4, dtype=torch.float64)
+    np.testing.assert_allclose(subspace.times(y).numpy(), dense @ y.numpy(), rtol=1e-12)

@@ -10,6 +10,7 @@ sharpness, per model; with no ``--model`` it compares the demo zoo (ViT vs ResNe
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 import numpy as np
@@ -20,7 +21,7 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.density import hessian_density
 from vitprobe.sharpness.figures import density_plot, eigenvalue_bars, eigenvalue_comparison
-from vitprobe.sharpness.keskar import keskar_sharpness
+from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
 from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.results import SpectrumResult
 from vitprobe.sharpness.sam import sam_sharpness
@@ -61,11 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-sam", action="store_true", help="skip SAM sharpness")
     group.add_argument("--keskar", type=float, nargs="?", const=1e-3, metavar="EPS",
                        help="also Keskar et al.'s epsilon-sharpness (default EPS: 1e-3)")
+    group.add_argument("--keskar-method", choices=KESKAR_METHODS, default="lbfgsb",
+                       help="Keskar maximisation: L-BFGS-B, as the paper, or projected sign ascent")
+    group.add_argument("--keskar-start", choices=KESKAR_STARTS, default="corner",
+                       help="where the Keskar ascent starts in the box (default: its sign corner)")
     group.add_argument("--keep-graphs", choices=("auto", "yes", "no"), default="auto",
                        help="keep per-batch gradient graphs between products (default: when memory allows)")
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.keskar is not None and not (math.isfinite(args.keskar) and args.keskar > 0):
+        raise UserError(f"--keskar must be a finite epsilon above 0, got {args.keskar}")
     if args.top_k < 1 or args.tol <= 0 or args.max_iter < 1:
         raise UserError("--top-k and --max-iter must be positive and --tol above 0")
     if args.params is not None:
@@ -124,7 +131,8 @@ def run(ctx: RunContext) -> None:
                 ctx.add_rows(sam.to_frame().assign(**extra))
                 row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
             if args.keskar is not None:
-                keskar = keskar_sharpness(model, data, epsilon=args.keskar, params=args.params, seed=args.seed)
+                keskar = keskar_sharpness(model, data, epsilon=args.keskar, method=args.keskar_method,
+                                          start=args.keskar_start, params=args.params, seed=args.seed)
                 ctx.add_rows(keskar.to_frame().assign(**extra))
                 row[f"keskar_{args.keskar:g}"] = keskar.sharpness
             ctx.save_figure(eigenvalue_bars(spectrum), f"eigenvalues-{_safe(model.label)}")

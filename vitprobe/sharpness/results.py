@@ -131,9 +131,16 @@ class KeskarResult(_Common):
     max_loss: float = float("nan")
     subspace_dim: int | None = None
     evaluations: int = 0
+    method: str = "lbfgsb"
+    start: str = "corner"
+    iterations: int = 0
+    message: str = ""
+    maximum_at_start: bool = False
 
     def to_frame(self) -> pd.DataFrame:
-        method = "full space" if self.subspace_dim is None else f"subspace p={self.subspace_dim}"
+        space = "full space" if self.subspace_dim is None else f"subspace p={self.subspace_dim}"
         return tidy([{**self._base(), "metric": "keskar_sharpness", "value": self.sharpness,
-                      "epsilon": self.epsilon, "method": method, "loss": self.loss,
+                      "epsilon": self.epsilon, "method": space, "solver": self.method,
+                      "start": self.start, "iterations": self.iterations, "solver_message": self.message,
+                      "maximum_at_start": self.maximum_at_start, "loss": self.loss,
                       "steps": self.evaluations}])

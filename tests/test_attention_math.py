@@ -140,9 +140,12 @@ def test_mean_attention_distance_of_uniform_attention_is_the_closed_form() -> No
     np.testing.assert_allclose(result.raw, closed * 196 / 197, rtol=1e-6)
     assert result.baseline == pytest.approx(closed, rel=1e-12)
     frame = result.to_frame()
-    assert set(frame.metric) == {"mean_attention_distance", "mean_attention_distance_raw",
+    assert set(frame.metric) == {"mean_attention_distance", "mean_attention_distance_renormalised",
                                  "uniform_attention_distance"}
-    assert len(frame[frame.metric == "mean_attention_distance"]) == 2 * 2
+    headline = frame[frame.metric == "mean_attention_distance"]
+    assert len(headline) == 2 * 2
+    # the headline is the paper's raw value (prefix mass left out), not the renormalised one
+    np.testing.assert_allclose(headline["value"], closed * 196 / 197, rtol=1e-6)
 
 
 def test_mean_attention_distance_non_square_patches_and_grid() -> None:

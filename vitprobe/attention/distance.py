@@ -3,8 +3,10 @@
 patches, averaged over queries and images.
 
 Prefix tokens (class, distillation, registers) are dropped as queries and as keys. ``raw``
-keeps the mass the query put on prefix keys out of the sum (as the common notebook does);
-``renormalised`` divides by the mass left on patches, so it is a true average distance.
+keeps the mass the query put on prefix keys out of the sum: this is the paper's quantity (and
+Raghu et al. 2021's), the headline ``mean_attention_distance``. ``renormalised`` divides by the
+mass left on patches, a true average distance that inflates each query by 1/(1 - prefix mass);
+it is vitprobe's own variant, reported as ``mean_attention_distance_renormalised``.
 Distances run between patch centres: patch size x grid offset, per axis (non-square patches
 and grids are fine). The uniform-attention baseline is the same average for attention spread
 evenly over all patch keys (self included). Confidence intervals are Student-t intervals over
@@ -77,17 +79,17 @@ class AttentionDistance:
     baseline: float
     confidence: float = 0.95
 
-    def summary(self, renormalised: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def summary(self, renormalised: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, ci_low, ci_high), each (layers, heads), over images."""
         return t_interval(self.renormalised if renormalised else self.raw, self.confidence)
 
     def to_frame(self) -> pd.DataFrame:
         """Rows ``model, metric, layer, head, value, ci_low, ci_high, num_images``: metric
-        ``mean_attention_distance`` (renormalised), ``mean_attention_distance_raw`` and one
-        ``uniform_attention_distance`` row (the baseline; layer and head empty)."""
+        ``mean_attention_distance`` (raw, as the paper), ``mean_attention_distance_renormalised``
+        and one ``uniform_attention_distance`` row (the baseline; layer and head empty)."""
         n = self.raw.shape[0]
         rows = []
-        for metric, renorm in (("mean_attention_distance", True), ("mean_attention_distance_raw", False)):
+        for metric, renorm in (("mean_attention_distance", False), ("mean_attention_distance_renormalised", True)):
             mean, low, high = self.summary(renorm)
             for layer in range(mean.shape[0]):
                 for head in range(mean.shape[1]):

@@ -81,7 +81,7 @@ def raw_attention_figure(maps: AttentionMaps, image: np.ndarray, query: tuple[in
 
 
 def distance_figure(results: Sequence[AttentionDistance]):
-    """One panel per model: mean attention distance (renormalised, pixels) against depth, one
+    """One panel per model: mean attention distance (raw, as the ViT paper; pixels) against depth, one
     point per head with its confidence interval, and the uniform-attention baseline."""
     fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.0), squeeze=False,
                              sharey=True)

@@ -62,6 +62,23 @@ def test_one_step_sam_matches_the_closed_form(regression):
                                rtol=1e-9)
 
 
+def test_asam_scales_weights_only_as_the_reference():
+    """SamsungLabs' ASAM: T = |w| + eta for parameters named *weight*, T = 1 for the bias."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 4, generator=generator, dtype=torch.float64)
+    y = torch.randn(12, generator=generator, dtype=torch.float64)
+    model = nn.Linear(4, 1).double()
+    w = np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
+    xa = np.concatenate([x.numpy(), np.ones((12, 1))], axis=1)
+    g = 2 * xa.T @ (xa @ w - y.numpy()) / 12
+    a = xa.T @ xa / 12
+    for scope, t in (("weights", np.append(np.abs(w[:4]) + 0.01, 1.0)), ("all", np.abs(w) + 0.01)):
+        result = sam_sharpness(model, (x, y), rho=0.1, adaptive=True, adaptive_scope=scope,
+                               loss_fn=squared_error)
+        np.testing.assert_allclose(result.sharpness[0], increase(g, a, 0.1 * t ** 2 * g / np.linalg.norm(t * g)),
+                                   rtol=1e-9)
+
+
 def test_multi_step_sam_approaches_the_exact_maximum(regression):
     model, data, w, g, a = regression
     rho = 2.0  # large enough for the curvature to turn the maximiser away from g

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"SAM sharpness radius, repeatable or a list (default: {DEFAULT_RHO})")
     group.add_argument("--sam-steps", type=int, default=1, metavar="S", help="ascent steps (default: 1)")
     group.add_argument("--sam-adaptive", action="store_true", help="ASAM's scale-invariant ball")
+    group.add_argument("--sam-adaptive-scope", choices=("weights", "all"), default="weights",
+                       help="parameters ASAM scales: those named *weight* (SamsungLabs' reference, "
+                            "default) or all")
     group.add_argument("--sam-m", type=int, metavar="M", help="m-sharpness: micro-batches of M images")
     group.add_argument("--no-sam", action="store_true", help="skip SAM sharpness")
     group.add_argument("--keskar", type=float, nargs="?", const=1e-3, metavar="EPS",
@@ -127,7 +130,8 @@ def run(ctx: RunContext) -> None:
             operator.release()
             if rhos:
                 sam = sam_sharpness(model, data, rho=rhos, steps=args.sam_steps, adaptive=args.sam_adaptive,
-                                    m=args.sam_m, params=args.params)
+                                    adaptive_scope=args.sam_adaptive_scope, m=args.sam_m,
+                                    params=args.params)
                 ctx.add_rows(sam.to_frame().assign(**extra))
                 row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
             if args.keskar is not None:

@@ -2,7 +2,9 @@
 
 S_rho(w) = max over ||T^-1 eps||_2 <= rho of L(w + eps) - L(w). ``adaptive=False``: T = I (SAM).
 ``adaptive=True``: T = diag(|w| + eta), the scale-invariant ball of ASAM (Kwon, Kim, Park & Choi
-2021). One step of ascent gives eps = rho T^2 g / ||T g|| (Foret et al., eq. 2; Kwon et al., eq. 7).
+2021), applied as SamsungLabs' reference code applies it: to parameters whose name contains
+``weight`` only; biases, ``pos_embed`` and ``cls_token`` keep T = 1 (``adaptive_scope="all"``
+scales every parameter instead). One step of ascent gives eps = rho T^2 g / ||T g|| (Foret et al., eq. 2; Kwon et al., eq. 7).
 More steps repeat
 that step from the perturbed point, eps_{t+1} = rho T^2 g(w + eps_t) / ||T g(w + eps_t)||: projected
 gradient ascent with an unbounded step (the ball's linear maximisation oracle), which raises the loss
@@ -72,13 +74,17 @@ class _Ascent:
 
 def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, rho: float | Sequence[float] = 0.05,
                   steps: int = 1, adaptive: bool = False, m: int | None = None, eta: float = 0.01,
-                  params: ParamFilter = None, loss_fn: LossFn | None = None) -> SamResult:
+                  adaptive_scope: str = "weights", params: ParamFilter = None,
+                  loss_fn: LossFn | None = None) -> SamResult:
     """SAM sharpness max_{||T^-1 eps|| <= rho} L(w + eps) - L(w) for each radius in ``rho``.
 
     ``steps``: ascent steps (1 is SAM's own first-order solution). ``adaptive``: ASAM's ball with
-    T = |w| + ``eta``. ``m``: micro-batch size for m-sharpness (None: one maximum over all images).
+    T = |w| + ``eta`` on the parameters named ``*weight*`` (``adaptive_scope="weights"``, the
+    reference) or on all (``"all"``). ``m``: micro-batch size for m-sharpness (None: one maximum over all images).
     Under ``torchrun`` the batches (or micro-batches) are sharded and the sums all-reduced.
     """
+    if adaptive_scope not in ("weights", "all"):
+        raise UserError(f"adaptive_scope must be 'weights' or 'all', got {adaptive_scope!r}")
     rhos = np.atleast_1d(np.asarray(rho, dtype=float))
     if (rhos < 0).any() or not np.isfinite(rhos).all() or steps < 1 or (m is not None and m < 1):
         raise UserError(f"need rho >= 0, steps >= 1 and m >= 1 (got rho={list(rhos)}, steps={steps}, m={m})")
@@ -88,7 +94,8 @@ def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, rho: float | S
     batches = as_batches(data)
     named = select_parameters(module, params)
     weights = [p for _, p in named]
-    scale = [p.detach().abs() + eta for p in weights] if adaptive else None
+    scale = [p.detach().abs() + eta if adaptive_scope == "all" or "weight" in name else torch.ones_like(p)
+             for name, p in named] if adaptive else None
     loss_fn = loss_fn or cross_entropy
     if m is None:
         groups, reduce = [local_share(batches)], True

@@ -183,6 +183,24 @@ def test_density_integrates_to_one_where_the_spectrum_is(vit_case, reorthogonali
     assert wasserstein_distance(nodes, eigenvalues + 0.1 * spread, u_weights=weights) > 4 * distance
 
 
+def test_density_kernel_width_is_pyhessians(vit_case):
+    """PyHessian's density_generate (density_plot.py): variance 1e-5 * max(1, lambda_max -
+    lambda_min), lambda_max/min = mean over runs of each run's largest/smallest node -/+ 0.01."""
+    from vitprobe.sharpness.density import smooth
+
+    model, data, _ = vit_case
+    result = hessian_density(model, data, num_vectors=3, steps=12)
+    high = np.mean(np.nanmax(result.nodes, axis=1)) + 0.01
+    low = np.mean(np.nanmin(result.nodes, axis=1)) - 0.01
+    assert result.sigma == pytest.approx(np.sqrt(1e-5 * max(1.0, high - low)), rel=1e-12)
+    # one isolated node: the smoothed density around it is a Gaussian of that standard deviation
+    grid, density, sigma = smooth(np.array([[0.0, 50.0]]), np.array([[0.5, 0.5]]))
+    lobe = grid < 25
+    spread = np.sqrt(np.trapezoid(grid[lobe] ** 2 * density[lobe], grid[lobe])
+                     / np.trapezoid(density[lobe], grid[lobe]))
+    assert sigma == pytest.approx(np.sqrt(1e-5 * 50.02)) and spread == pytest.approx(sigma, rel=0.01)
+
+
 def test_unused_parameters_and_zero_curvature_blocks_do_not_crash(tiny_vit, tiny_batches):
     tiny_vit.unused = nn.Parameter(torch.ones(4))
     result = hessian_spectrum(tiny_vit, tiny_batches, k=2, tol=1e-3)

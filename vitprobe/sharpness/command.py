@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also estimate the eigenvalue density (stochastic Lanczos quadrature)")
     group.add_argument("--density-vectors", type=int, default=4, metavar="N")
     group.add_argument("--density-steps", type=int, default=48, metavar="M")
+    group.add_argument("--density-sigma", type=float, metavar="S",
+                       help="kernel standard deviation of the density (default: PyHessian's, "
+                            "sqrt(1e-5 max(1, node range)))")
     group.add_argument("--density-no-reorth", action="store_true",
                        help="keep 2 Lanczos vectors instead of M (for models too large for M copies)")
     group.add_argument("--sam-rho", type=float, nargs="+", action="extend", metavar="R",
@@ -76,8 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.keskar is not None and not (math.isfinite(args.keskar) and args.keskar > 0):
         raise UserError(f"--keskar must be a finite epsilon above 0, got {args.keskar}")
-    if args.top_k < 1 or args.tol <= 0 or args.max_iter < 1:
-        raise UserError("--top-k and --max-iter must be positive and --tol above 0")
+    if args.top_k < 1 or not (math.isfinite(args.tol) and args.tol > 0) or args.max_iter < 1:
+        raise UserError(f"--top-k and --max-iter must be positive and --tol a finite number above 0 "
+                        f"(got {args.top_k}, {args.max_iter}, {args.tol})")
+    if args.density_sigma is not None and not (math.isfinite(args.density_sigma) and args.density_sigma > 0):
+        raise UserError(f"--density-sigma must be a finite number above 0, got {args.density_sigma}")
     if args.params is not None:
         try:
             re.compile(args.params)
@@ -122,6 +128,7 @@ def run(ctx: RunContext) -> None:
                 row["hvps"] += trace.hvps
             if args.density:
                 density = hessian_density(model, num_vectors=args.density_vectors, steps=args.density_steps,
+                                          sigma=args.density_sigma,
                                           reorthogonalise=not args.density_no_reorth, seed=args.seed,
                                           params=args.params, operator=operator)
                 ctx.add_rows(density.to_frame().assign(**extra))

@@ -40,21 +40,36 @@ def quadrature(op: HessianOperator, steps: int, generator: torch.Generator,
     return theta, weights / weights.sum()
 
 
+def pyhessian_sigma(nodes: np.ndarray) -> float:
+    """PyHessian's default kernel width for SLQ nodes (runs, steps; NaN where a run is shorter):
+    variance 1e-5 max(1, lambda_max - lambda_min), with lambda_max / lambda_min the runs' mean
+    largest / smallest node widened by 0.01 (``density_generate`` in PyHessian's
+    ``density_plot.py``: ``sigma_squared=1e-5``, ``overhead=0.01``)."""
+    high = float(np.nanmean(np.nanmax(nodes, axis=1))) + 0.01
+    low = float(np.nanmean(np.nanmin(nodes, axis=1))) - 0.01
+    return float(np.sqrt(1e-5 * max(1.0, high - low)))
+
+
 def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float | None = None,
            grid_points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
     """A Gaussian-smoothed density on a grid reaching 5 sigma beyond the extreme nodes.
 
-    ``sigma`` defaults to 1% of the node range; the grid is fine enough (at most sigma / 5 apart)
-    that the density integrates to 1.
+    ``nodes`` and ``weights`` are (runs, steps), NaN nodes ignored. ``sigma`` (the kernel's
+    standard deviation) defaults to PyHessian's (:func:`pyhessian_sigma`), so that density
+    figures compare with PyHessian's; the grid is fine enough (at most sigma / 5 apart) that the
+    density integrates to 1. Where this departs from PyHessian: the density is normalised
+    analytically over the whole line, not by its sum over a grid clipped at the extreme nodes.
     """
-    low, high = float(nodes.min()), float(nodes.max())
+    valid = ~np.isnan(nodes)
     if sigma is None:
-        sigma = max(0.01 * (high - low), 1e-6 * max(abs(low), abs(high), 1.0))
+        sigma = pyhessian_sigma(nodes)
+    nodes, weights = nodes[valid], weights[valid]
+    low, high = float(nodes.min()), float(nodes.max())
     span = high - low + 10 * sigma
     points = max(grid_points, int(np.ceil(5 * span / sigma)) + 1)
     grid = np.linspace(low - 5 * sigma, high + 5 * sigma, points)
     density = np.zeros_like(grid)
-    for node, weight in zip(nodes.ravel(), weights.ravel()):
+    for node, weight in zip(nodes, weights):
         density += weight * np.exp(-0.5 * ((grid - node) / sigma) ** 2)
     return grid, density / (sigma * np.sqrt(2 * np.pi)), float(sigma)
 
@@ -82,8 +97,7 @@ def hessian_density(model: nn.Module | LoadedModel, data: DataLike | None = None
     weights = np.zeros((num_vectors, width))
     for j, (theta, w) in enumerate(runs):
         nodes[j, :len(theta)], weights[j, :len(w)] = theta, w / num_vectors
-    valid = ~np.isnan(nodes)
-    grid, density, sigma = smooth(nodes[valid], weights[valid], sigma, grid_points)
+    grid, density, sigma = smooth(nodes, weights, sigma, grid_points)
     return DensityResult(
         model=loaded.label, seconds=time.perf_counter() - started, num_images=op.num_images,
         num_params=op.size, params=describe(params), nodes=nodes, weights=weights, grid=grid,

@@ -1,8 +1,12 @@
-"""Gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic Attention-model
-Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", Eq. for
+"""Gradient-weighted attention rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6 for
 self-attention): R = I; for every layer in forward order R <- R + mean_h((∇A ⊙ A)^+) R, with
-∇A the gradient of the chosen class logit with respect to that layer's attention. Gradients
-are paired with attentions by layer index, never by the order in which hooks fire.
+∇A the gradient of the chosen class logit with respect to that layer's attention, as the
+authors' ViT notebook (``generate_relevance`` in Transformer-MM-Explainability) computes it
+over all layers. ``start_layer`` (default 0: all layers, the notebook) is the argument of the
+same authors' earlier Transformer-Explainability code (Chefer, Gur & Wolf, CVPR 2021), which
+leaves the first layers out. Gradients are paired with attentions by layer index, never by the
+order in which hooks fire.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ row: Â = (A + I) / rowsum(A + I). The rollout of layers s..L is R = Â_L ... Â
 of a token t is R[t, patches], reshaped to the real patch grid. Each layer's Â is formed as
 the forward pass reaches it (the per-head attention is not kept), and only the rows of R a
 map needs are formed, by vector-matrix products from the left.
+
+The discard is vitprobe's variant, not vit-explain's: jacobgil's ``vit_rollout.py`` zeroes the
+lowest ``discard_ratio`` of all entries of the flattened fused matrix (sparing only entry 0, the
+class token's attention to itself); here the lowest fraction of each row's patch entries is
+zeroed, per image, and every prefix column is kept, so that one row's low values never decide
+another row's. With ``discard_ratio=0`` (the default) the two agree.
 """
 
 from __future__ import annotations

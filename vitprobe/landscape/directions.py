@@ -15,13 +15,17 @@ d_i <- d_i * ||w_i|| / (||d_i|| + 1e-10). What a filter is, tensor by tensor:
 - a token tensor of a ViT (``pos_embed``, ``cls_token``, ``dist_token``, ``reg_token``; timm
   stores them as (1, tokens, dim), where dimension 0 is a dummy batch axis): each token's
   embedding vector (the last dimension) is a filter, so every position and every prefix
-  token moves by the norm of its own learned vector.
+  token moves by the norm of its own learned vector. This is vitprobe's own rule: Li et al.'s
+  code predates ViTs and would take the whole (1, tokens, dim) tensor as one filter.
 - a one-dimensional tensor (biases, LayerNorm and BatchNorm weights and biases, LayerScale
   gammas) or a scalar: the direction is **zero** by default, as Li et al.'s ``biasbn`` option.
-  With ``include_bn=True`` such a tensor is normalised as a single filter (||d|| = ||w||).
+  With ``include_bn=True`` the direction *is* the weights (d = w), as Li et al.'s
+  ``normalize_directions_for_weights`` does for 1-D tensors when ``ignore`` is not ``biasbn``.
 
 The second direction is made orthogonal to the first *after* normalisation (one Gram-Schmidt
-step on the flattened vectors); the cosine between them before that step is reported.
+step on the flattened vectors); the cosine between them before that step is reported. This too
+is vitprobe's own: Li et al. draw two independent directions and rely on their near-orthogonality
+in high dimension.
 """
 
 from __future__ import annotations
@@ -38,21 +42,20 @@ EPS = 1e-10
 
 
 def filter_rule(name: str, weight: torch.Tensor, include_bn: bool = False) -> str:
-    """How the direction of parameter ``name`` is normalised: ``filter``, ``token``, ``tensor`` or ``zero``."""
+    """How the direction of parameter ``name`` is normalised: ``filter``, ``token``, ``weights``
+    (the direction is the weights) or ``zero``."""
     if name.rsplit(".", 1)[-1] in TOKEN_TENSORS and weight.dim() >= 2:
         return "token"
     if weight.dim() >= 2:
         return "filter"
-    return "tensor" if include_bn else "zero"
+    return "weights" if include_bn else "zero"
 
 
 def _filters(tensor: torch.Tensor, rule: str) -> torch.Tensor:
-    """A 2-D view of ``tensor`` with one filter per row, for ``rule``."""
+    """A 2-D view of ``tensor`` with one filter per row, for ``rule`` (``filter`` or ``token``)."""
     if rule == "filter":
         return tensor.reshape(tensor.shape[0], -1)
-    if rule == "token":
-        return tensor.reshape(-1, tensor.shape[-1])
-    return tensor.reshape(1, -1)
+    return tensor.reshape(-1, tensor.shape[-1])
 
 
 def filter_normalize(direction: Direction, weights: dict[str, torch.Tensor],
@@ -64,6 +67,9 @@ def filter_normalize(direction: Direction, weights: dict[str, torch.Tensor],
         rule = filter_rule(name, w, include_bn)
         if rule == "zero":
             normalized[name] = torch.zeros_like(d)
+            continue
+        if rule == "weights":
+            normalized[name] = w.to(d.dtype).clone()
             continue
         rows, weight_rows = _filters(d, rule), _filters(w.to(d.dtype), rule)
         scale = weight_rows.norm(dim=1, keepdim=True) / (rows.norm(dim=1, keepdim=True) + EPS)

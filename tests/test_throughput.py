@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class RunsOutAbove(nn.Module):
 def test_rows_carry_device_dtype_batch_resolution_threads(tiny_vit) -> None:
     result = measure_throughput(tiny_vit, batch_size=4, warmup=1, steps=3)
     frame = result.to_frame().set_index("metric")
-    assert set(frame.index) == {"images_per_s", "ms_per_batch", "images_per_s_per_core"}
+    assert set(frame.index) == {"images_per_s", "ms_per_batch", "ms_per_step_median", "images_per_s_per_core"}
     row = frame.loc["images_per_s"]
     assert (row["device"], row["dtype"], row["batch"], row["resolution"]) == ("cpu", "fp32", 4, "16x16")
     assert row["threads"] == torch.get_num_threads()
@@ -70,3 +71,11 @@ def test_out_of_memory_at_batch_one_is_a_user_error() -> None:
 def test_fp16_on_cpu_is_refused(tiny_vit) -> None:
     with pytest.raises(UserError, match="fp16 on CPU"):
         measure_throughput(tiny_vit, precision="fp16", device="cpu")
+
+
+def test_every_step_is_timed_on_its_own_as_timm_does(tiny_vit) -> None:
+    result = measure_throughput(tiny_vit, batch_size=4, warmup=1, steps=5, input_size=(16, 16))
+    assert len(result.step_seconds) == 5 and all(t > 0 for t in result.step_seconds)
+    assert sum(result.step_seconds) <= result.seconds
+    frame = result.to_frame().set_index("metric")
+    assert frame.loc["ms_per_step_median", "value"] == pytest.approx(1000 * np.median(result.step_seconds))

@@ -6,6 +6,7 @@ import copy
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ class ThroughputResult:
     model: str
     images_per_second: float
     seconds: float
+    step_seconds: list[float]
     images: int
     steps: int
     warmup: int
@@ -44,7 +46,8 @@ class ThroughputResult:
 
     def to_frame(self) -> pd.DataFrame:
         rows = [("images_per_s", self.images_per_second),
-                ("ms_per_batch", 1000 * self.seconds / self.steps)]
+                ("ms_per_batch", 1000 * self.seconds / self.steps),
+                ("ms_per_step_median", 1000 * float(np.median(self.step_seconds)))]
         if self.images_per_second_per_core is not None:
             rows.append(("images_per_s_per_core", self.images_per_second_per_core))
         frame = pd.DataFrame(rows, columns=["metric", "value"])
@@ -74,16 +77,21 @@ def _device_name(device: torch.device) -> str:
 
 
 def _timed_run(module: nn.Module, inputs: torch.Tensor, warmup: int, steps: int,
-               device: torch.device) -> float:
-    """Seconds of wall time for ``steps`` forward passes after ``warmup`` untimed ones."""
+               device: torch.device) -> tuple[float, list[float]]:
+    """Seconds of wall time for ``steps`` forward passes after ``warmup`` untimed ones, and the
+    seconds of each step. As timm's ``benchmark.py``: the device is synchronised at the end of
+    every step, so a step's time is its own, and the rate is images over the whole loop."""
     for _ in range(warmup):
         module(inputs)
     _synchronize(device)
+    step_seconds = []
     start = time.perf_counter()
     for _ in range(steps):
+        step_start = time.perf_counter()
         module(inputs)
-    _synchronize(device)
-    return time.perf_counter() - start
+        _synchronize(device)
+        step_seconds.append(time.perf_counter() - step_start)
+    return time.perf_counter() - start, step_seconds
 
 
 def measure_throughput(
@@ -132,7 +140,7 @@ def measure_throughput(
             with torch.inference_mode():
                 inputs = torch.randn(batch, channels, height, width, device=device, dtype=dtype)
                 inputs = inputs.contiguous(memory_format=memory_format)
-                seconds = _timed_run(module, inputs, warmup, steps, device)
+                seconds, step_seconds = _timed_run(module, inputs, warmup, steps, device)
             break
         except torch.OutOfMemoryError:
             inputs = None
@@ -146,6 +154,7 @@ def measure_throughput(
         model=loaded.label,
         images_per_second=batch * steps / seconds,
         seconds=seconds,
+        step_seconds=step_seconds,
         images=batch * steps,
         steps=steps,
         warmup=warmup,

@@ -177,3 +177,16 @@ def test_plain_module_layouts():
     assert loaded.num_prefix_tokens == 5 and loaded.input_size == (32, 48)
     assert loaded.grid_size() == (2, 3) and loaded.grid_size((64, 32)) == (4, 2)
     assert as_loaded(timm.create_model("mixer_s16_224", pretrained=False)).family == "other"
+
+
+def test_timm_models_use_their_test_size_as_validate_py():
+    """timm's validate.py resolves the data config with use_test_size=True: resnet50.a1_in1k is
+    trained at 224 but evaluated at 288 with crop 1.0 (no weights are needed to read its cfg)."""
+    from timm.data import resolve_data_config
+
+    module = timm.create_model("resnet50.a1_in1k", pretrained=False)
+    expected = resolve_data_config({}, model=module, use_test_size=True)
+    assert expected["input_size"] == (3, 288, 288) and expected["crop_pct"] == 1.0
+    loaded = as_loaded(module)
+    assert loaded.data_config["input_size"] == (3, 288, 288)
+    assert loaded.data_config["crop_pct"] == 1.0 and loaded.input_source == "timm pretrained_cfg"

@@ -126,3 +126,27 @@ def test_a_failing_analysis_fails_the_study(study: Path, tmp_path: Path, capsys)
     assert "fp16 on CPU" in captured.err
     assert "1 of 2 analyses failed (throughput: exit 2)" in captured.err
     assert (tmp_path / "out" / "evaluate.csv").is_file()
+
+
+def test_sharpness_and_landscapes_take_the_training_split(tmp_path, study, monkeypatch) -> None:
+    """Keskar et al., Li et al., Foret et al. and Chen et al. measure on training data: the
+    commands default to shapes:train, recipes hand their training data to those analyses."""
+    from vitprobe.studies.recipe import parse_recipe
+    from vitprobe.studies.runner import analysis_settings
+
+    assert main(["sharpness", "--model", "py:study_models:resnet", "--num-images", "8", "--top-k", "1",
+                 "--no-sam", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "s" / "sharpness.json").read_text())
+    (data,) = record["data"].values()
+    assert (data["spec"], data["split"]) == ("shapes:train", "train")
+    text = study.read_text() + "\n[sharpness]\ntop_k = 1\n"
+    study.write_text(text)
+    recipe = parse_recipe(study)
+    by_command = {a.command: analysis_settings(recipe, a)["data"] for a in recipe.analyses}
+    assert by_command == {"evaluate": "shapes", "throughput": "shapes", "sharpness": "shapes:train"}
+    study.write_text(text.replace("[study]\n", '[study]\ntrain_data_env = "VITPROBE_TEST_TRAIN"\n'))
+    monkeypatch.delenv("VITPROBE_TEST_TRAIN", raising=False)
+    assert _run(study, tmp_path / "out") == 2
+    monkeypatch.setenv("VITPROBE_TEST_TRAIN", "shapes:train")
+    recipe = parse_recipe(study)
+    assert analysis_settings(recipe, recipe.analyses[-1])["data"] == "shapes:train"

@@ -53,8 +53,10 @@ def shared_options() -> argparse.ArgumentParser:
     group.add_argument("--model-args", action=ModelArgs, nargs="+", metavar="KEY=VALUE",
                        help="constructor arguments of the --model before it (timm, torchvision or "
                             "py: builder), values as Python literals, e.g. img_size=32 num_classes=10")
-    group.add_argument("--data", default="shapes", metavar="SPEC",
-                       help="'shapes' (embedded), an image folder, a glob or a file (default: shapes)")
+    group.add_argument("--data", metavar="SPEC",
+                       help="'shapes' or 'shapes:train' (embedded), an image folder, a glob or a file "
+                            "(default: shapes:train for sharpness and landscape, as the papers measure "
+                            "on training data; shapes, the test split, otherwise)")
     group.add_argument("--num-images", type=int, metavar="N", help="images to use")
     group.add_argument("--batch-size", type=int, metavar="B", help="images per batch")
     group.add_argument("--seed", type=int, default=0, help="seed for data subsets and directions")

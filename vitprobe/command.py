@@ -40,6 +40,9 @@ from vitprobe.report.files import sha256_file, write_csv, write_json
 from vitprobe.report.metadata import run_metadata
 
 DEMO_ZOO = ("demo:vit", "demo:resnet", "demo:vit-sam", "demo:resnet-sam")
+# Keskar et al., Li et al., Foret et al. and Chen et al. measure sharpness and landscapes on the
+# training data
+TRAINING_DATA = "shapes:train"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Command:
     default_models: tuple[str, ...] = DEMO_ZOO
     default_num_images: int = 256
     default_batch_size: int = 64
+    default_data: str = "shapes"
 
 
 @dataclass
@@ -78,6 +82,11 @@ class RunContext:
     @property
     def model_specs(self) -> list[str]:
         return list(self.args.model or self.command.default_models)
+
+    @property
+    def data_spec(self) -> str:
+        """``--data``, or the command's default (the training split for sharpness and landscapes)."""
+        return self.args.data or self.command.default_data
 
     @property
     def num_images(self) -> int:
@@ -147,7 +156,7 @@ class RunContext:
         from vitprobe.data import load_data
 
         batches = load_data(
-            self.args.data,
+            self.data_spec,
             model,
             class_names=self.args.class_names,
             num_images=num_images or self.num_images,

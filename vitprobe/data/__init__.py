@@ -10,7 +10,7 @@ from torch import nn
 
 from vitprobe.data.batches import Batch, Batches, DataLike, as_batches
 from vitprobe.data.images import find_images, load_images
-from vitprobe.data.shapes import CLASS_NAMES, render_shapes, subset_indices
+from vitprobe.data.shapes import CLASS_NAMES, SPLITS, render_shapes, subset_indices
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 
@@ -32,7 +32,8 @@ def load_data(
 ) -> Batches:
     """Images for ``model``: timm evaluation preprocessing, no augmentation.
 
-    ``spec`` is ``"shapes"`` (the embedded dataset, rendered at the model's input size), a
+    ``spec`` is ``"shapes"`` (the embedded dataset's test split, rendered at the model's input
+    size; ``"shapes:train"`` its training split, the images the demo zoo was trained on), a
     folder with one subfolder per class, or unlabelled images (a folder, glob, file or list
     of files), whose labels are then the model's own predictions (``labels_from_model``).
     A deterministic subset of ``num_images`` is chosen by ``seed`` (all images of a folder
@@ -50,15 +51,16 @@ def load_data(
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
 
-    if spec == "shapes":
+    if isinstance(spec, str) and spec.split(":")[0] == "shapes":
+        split = shapes_split(spec)
         indices = subset_indices(num_images or DEFAULT_NUM_IMAGES, seed)
-        rendered = render_shapes(indices, size=tuple(config["input_size"][1:]), split="test")
+        rendered = render_shapes(indices, size=tuple(config["input_size"][1:]), split=split)
         mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(config["std"]).view(1, -1, 1, 1)
         images = to_channels(rendered.images, int(config["input_size"][0]))
         images, labels = (images - mean) / std, rendered.labels
         class_names, paths, from_model = list(CLASS_NAMES), None, False
-        info = {"split": "test", "indices_seed": seed}
+        info = {"split": split, "indices_seed": seed}
     else:
         paths_all, labels_all, folders = find_images(spec)
         if labels_all is not None:
@@ -80,6 +82,15 @@ def load_data(
     name = spec if isinstance(spec, str) else f"{len(spec)} files"
     return Batches(batches, spec=name, labels_from_model=from_model, class_names=class_names,
                    paths=paths, info={**info, "resolution": list(config["input_size"][1:])})
+
+
+def shapes_split(spec: str) -> str:
+    """The split a ``shapes[:SPLIT]`` spec names (``test`` when none)."""
+    _, _, split = spec.partition(":")
+    if split not in ("", *SPLITS):
+        raise UserError(f"unknown shapes split {split!r} in {spec!r}; choose shapes, "
+                        + ", ".join(f"shapes:{name}" for name in SPLITS))
+    return split or "test"
 
 
 def _subset(total: int, num_images: int | None, seed: int) -> list[int]:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from vitprobe import distributed
-from vitprobe.command import DEMO_ZOO, Command, RunContext
+from vitprobe.command import DEMO_ZOO, TRAINING_DATA, Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.landscape.engine import BN_STATS, KINDS, loss_landscape
 from vitprobe.landscape.figures import plot_contours, plot_curves, plot_heatmaps, plot_surfaces
@@ -101,7 +101,7 @@ def run(ctx: RunContext) -> None:
             ctx.add_rows(result.to_frame())
             _write_npz(ctx, results)
     if results:
-        ctx.print_table(summary(results))
+        ctx.print_table(summary(results).assign(data=ctx.data_spec))
         _figures(ctx, results)
 
 
@@ -160,4 +160,5 @@ COMMANDS = [Command(
     default_models=DEMO_ZOO,
     default_num_images=DEFAULT_NUM_IMAGES,
     default_batch_size=64,
+    default_data=TRAINING_DATA,
 )]

@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from vitprobe.command import Command, RunContext
+from vitprobe.command import TRAINING_DATA, Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.density import hessian_density
@@ -117,7 +117,7 @@ def run(ctx: RunContext) -> None:
                                         operator=operator)
             spectra.append(spectrum)
             ctx.add_rows(spectrum.to_frame().assign(**extra))
-            row = {"model": model.label, **extra, "loss": spectrum.loss,
+            row = {"model": model.label, **extra, "data": data.spec, "loss": spectrum.loss,
                    **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
                    "hvps": spectrum.total_hvps}
             if args.trace:
@@ -186,4 +186,5 @@ COMMANDS = [Command(
     run=run,
     default_num_images=DEFAULT_NUM_IMAGES,
     default_batch_size=64,
+    default_data=TRAINING_DATA,
 )]

@@ -6,6 +6,8 @@
     name = "demo"
     models = ["demo:vit", "demo:resnet"]
     data = "shapes"              # or data_env = "IMAGENET_VAL": a folder named by the environment
+    train_data_env = "IMAGENET_TRAIN"  # sharpness and landscape run on training data (or train_data =
+                                 # "..."); without either they take data, shapes as shapes:train
     num_images = 256             # any shared option: num_images, batch_size, seed, device, ...
     [study.gallery]              # figures copied to the top of the out folder
     "sharpness.png" = "figures/sharpness*.png"
@@ -37,7 +39,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ANALYSES = ("evaluate", "throughput", "sharpness", "attention", "receptive-field", "landscape")
-STUDY_KEYS = ("name", "description", "models", "data", "data_env", "data_help", "gallery")
+STUDY_KEYS = ("name", "description", "models", "data", "data_env", "data_help", "train_data",
+              "train_data_env", "train_data_help", "gallery")
+# the analyses the papers measure on training data (Keskar et al., Li et al., Foret et al., Chen et al.)
+TRAINING_ANALYSES = ("sharpness", "landscape")
 SHARED_KEYS = ("num_images", "batch_size", "seed", "device", "format", "allow_download",
                "trust_checkpoint")
 
@@ -61,7 +66,10 @@ class Recipe:
     data_env: str | None
     data_help: str | None
     shared: dict[str, Any]
-    analyses: list[Analysis]
+    train_data: str | None = None
+    train_data_env: str | None = None
+    train_data_help: str | None = None
+    analyses: list[Analysis] = field(default_factory=list)
     gallery: dict[str, str] = field(default_factory=dict)
 
     def resolve_data(self) -> str:
@@ -72,6 +80,21 @@ class Recipe:
             return self.data
         need = f" ({self.data_help})" if self.data_help else ""
         raise UserError(f"it needs data{need}: set {self.data_env} to its folder or pass --data")
+
+    def resolve_training_data(self) -> str:
+        """The data of the training analyses: ``$<train_data_env>`` or ``train_data`` when the
+        recipe names them (a UserError when it names an unset variable), else the study's data,
+        ``shapes`` becoming its training split ``shapes:train``."""
+        if self.train_data_env and os.environ.get(self.train_data_env):
+            return os.environ[self.train_data_env]
+        if self.train_data:
+            return self.train_data
+        if self.train_data_env:
+            need = f" ({self.train_data_help})" if self.train_data_help else ""
+            raise UserError(f"its sharpness and landscape analyses need training data{need}: "
+                            f"set {self.train_data_env} to its folder or pass --data")
+        data = self.resolve_data()
+        return "shapes:train" if data == "shapes" else data
 
 
 class RecipeError(UserError):
@@ -144,7 +167,8 @@ def parse_recipe(path: str | Path) -> Recipe:
             or not all(isinstance(m, str) and m.strip() for m in models)):
         raise _error(path, text, "[study] models must be a non-empty list of model specs",
                      "study", "models" if "models" in study else None)
-    for key in ("name", "description", "data", "data_env", "data_help"):
+    for key in ("name", "description", "data", "data_env", "data_help", "train_data", "train_data_env",
+                "train_data_help"):
         if key in study and not isinstance(study[key], str):
             raise _error(path, text, f"[study] {key} must be a string", "study", key)
     gallery = study.get("gallery", {})
@@ -181,6 +205,9 @@ def parse_recipe(path: str | Path) -> Recipe:
         data_env=study.get("data_env"),
         data_help=study.get("data_help"),
         shared=shared,
+        train_data=study.get("train_data"),
+        train_data_env=study.get("train_data_env"),
+        train_data_help=study.get("train_data_help"),
         analyses=analyses,
         gallery=dict(gallery),
     )

@@ -21,7 +21,7 @@ from vitprobe.errors import UserError
 from vitprobe.progress import log
 from vitprobe.report.files import atomic_write, sha256_file
 from vitprobe.studies.options import command_parsers, find_action, to_argv
-from vitprobe.studies.recipe import Analysis, Recipe
+from vitprobe.studies.recipe import TRAINING_ANALYSES, Analysis, Recipe
 
 PRESENTATION = ("--quiet",)
 
@@ -54,7 +54,8 @@ def analysis_settings(recipe: Recipe, analysis: Analysis,
     settings = {"models": analysis_models(recipe, analysis, overrides),
                 **{key: value for key, value in given.items() if key != "models"}}
     if "data" not in settings:
-        settings["data"] = recipe.resolve_data()
+        settings["data"] = (recipe.resolve_training_data() if analysis.command in TRAINING_ANALYSES
+                            else recipe.resolve_data())
     return settings
 
 
@@ -112,7 +113,7 @@ def summarise(problems: list[str]) -> str:
 
 def check_data(recipe: Recipe, data: str) -> list[str]:
     """A one-line problem if ``data`` names a path that does not exist."""
-    if data == "shapes" or any(ch in data for ch in "*?[") or Path(data).exists():
+    if data.split(":")[0] == "shapes" or any(ch in data for ch in "*?[") or Path(data).exists():
         return []
     source = f" (from ${recipe.data_env})" if recipe.data_env and data != recipe.data else ""
     return [f"data {data!r}{source} does not exist"]

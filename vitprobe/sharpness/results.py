@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 import pandas as pd
 import torch
 
@@ -62,17 +63,30 @@ class SpectrumResult(_Common):
 
 @dataclass
 class TraceResult(_Common):
-    """Hessian trace estimate with its standard error (Hutchinson or Hutch++)."""
+    """Hessian trace estimate with its standard error and a Student-t confidence interval
+    (Hutchinson or Hutch++; see :mod:`vitprobe.sharpness.trace` for why the interval covers)."""
 
     method: str = "hutch++"
     trace: float = float("nan")
     std_error: float = float("nan")
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hvps: int = 0
+    confidence: float = 0.95
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The ``confidence`` interval trace -/+ t_{n-1} * std_error over the n Hutchinson terms."""
+        n = len(self.samples)
+        if n < 2:
+            return float("nan"), float("nan")
+        half = float(stats.t.ppf(0.5 + self.confidence / 2, n - 1)) * self.std_error
+        return self.trace - half, self.trace + half
 
     def to_frame(self) -> pd.DataFrame:
+        low, high = self.interval
         return tidy([{**self._base(), "metric": "trace", "value": self.trace, "method": self.method,
-                      "hvps": self.hvps, "std_error": self.std_error}])
+                      "hvps": self.hvps, "std_error": self.std_error, "ci_low": low, "ci_high": high,
+                      "confidence": self.confidence}])
 
 
 @dataclass

@@ -26,6 +26,7 @@ _EXPORTS = {
     "hessian_density": "vitprobe.sharpness",
     "sam_sharpness": "vitprobe.sharpness",
     "keskar_sharpness": "vitprobe.sharpness",
+    "sharpness_subsets": "vitprobe.sharpness",
     "attention_maps": "vitprobe.attention",
     "attention_rollout": "vitprobe.attention",
     "gradient_rollout": "vitprobe.attention",

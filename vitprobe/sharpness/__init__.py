@@ -12,8 +12,9 @@ from vitprobe.sharpness.results import (DensityResult, KeskarResult, SamResult, 
                                         TraceResult)
 from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import hessian_spectrum
+from vitprobe.sharpness.subsets import SubsetsResult, sharpness_subsets
 from vitprobe.sharpness.trace import hessian_trace
 
 __all__ = ["HessianOperator", "hessian_spectrum", "hessian_trace", "hessian_density", "sam_sharpness",
            "keskar_sharpness", "SpectrumResult", "TraceResult", "DensityResult", "SamResult",
-           "KeskarResult"]
+           "KeskarResult", "sharpness_subsets", "SubsetsResult"]

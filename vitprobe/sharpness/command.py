@@ -21,6 +21,7 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.density import hessian_density
 from vitprobe.sharpness.figures import density_plot, eigenvalue_bars, eigenvalue_comparison
+from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
 from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
 from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.results import SpectrumResult
@@ -72,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Keskar maximisation: L-BFGS-B, as the paper, or projected sign ascent")
     group.add_argument("--keskar-start", choices=KESKAR_STARTS, default="corner",
                        help="where the Keskar ascent starts in the box (default: its sign corner)")
+    group.add_argument("--subsets", type=int, metavar="K",
+                       help="how sure lambda_1 is: the top-k eigenvalues (and --trace) on K disjoint "
+                            "subsets of --num-images images each (K x N images in all), as mean, std "
+                            "and a 95%% interval, and a figure of lambda_1 against the number of images; "
+                            "replaces the single-set measurements")
     group.add_argument("--keep-graphs", choices=("auto", "yes", "no"), default="auto",
                        help="keep per-batch gradient graphs between products (default: when memory allows)")
 
@@ -79,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.keskar is not None and not (math.isfinite(args.keskar) and args.keskar > 0):
         raise UserError(f"--keskar must be a finite epsilon above 0, got {args.keskar}")
+    if args.subsets is not None and args.subsets < 2:
+        raise UserError(f"--subsets needs at least 2 subsets, got {args.subsets}")
     if args.top_k < 1 or not (math.isfinite(args.tol) and args.tol > 0) or args.max_iter < 1:
         raise UserError(f"--top-k and --max-iter must be positive and --tol a finite number above 0 "
                         f"(got {args.top_k}, {args.max_iter}, {args.tol})")
@@ -99,9 +107,32 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
 
 
+def run_subsets(ctx: RunContext) -> None:
+    """``--subsets K``: the spread of the leading eigenvalues over K disjoint image subsets."""
+    args = ctx.args
+    results = []
+    for model in ctx.models():
+        with ctx.isolated(model.label):
+            data = ctx.data(model, num_images=args.subsets * ctx.num_images)
+            ctx.log(f"sharpness: {model.label} on {args.subsets} subsets of {ctx.num_images} images")
+            result = sharpness_subsets(model, data, args.subsets, k=args.top_k, tol=args.tol,
+                                       trace=args.trace, trace_samples=args.trace_samples,
+                                       params=args.params, seed=args.seed)
+            frame = result.to_frame()
+            ctx.add_rows(frame.assign(data=data.spec))
+            ctx.print_table(frame[frame.metric.str.endswith(("_mean", "_std"))][
+                ["model", "metric", "k", "value", "ci_low", "ci_high", "subsets", "num_images"]])
+            results.append(result)
+    if results:
+        ctx.save_figure(subsets_figure(results), "lambda1-vs-images")
+
+
 def run(ctx: RunContext) -> None:
     args = ctx.args
     _check(args)
+    if args.subsets is not None:
+        run_subsets(ctx)
+        return
     keep = {"auto": "auto", "yes": True, "no": False}[args.keep_graphs]
     rhos = [] if args.no_sam else (args.sam_rho or [DEFAULT_RHO])
     spectra: list[SpectrumResult] = []

@@ -56,7 +56,7 @@ def _report(capsys, *args: str) -> str:
 
 def test_default_markdown_table(runs, tmp_path, capsys) -> None:
     first, second = runs
-    out = _report(capsys, str(first), str(second), "--out", str(tmp_path / "rep"))
+    out = _report(capsys, str(first), str(second))
     expected = """\
 | model | params (M) | images_per_s | ms_per_batch | top1 | trace |
 |---|---:|---:|---:|---:|---:|
@@ -66,13 +66,16 @@ def test_default_markdown_table(runs, tmp_path, capsys) -> None:
 ± is the half-width of the confidence interval for top1; the standard error for trace.
 """
     assert out == expected
-    assert (tmp_path / "rep" / "report.md").read_text() == expected
+    # --out FILE writes the table there instead of stdout; a folder is refused
+    assert _report(capsys, str(first), str(second), "--out", str(tmp_path / "rep.md")) == ""
+    assert (tmp_path / "rep.md").read_text() == expected
+    assert main(["report", str(first), "--out", str(tmp_path)]) == 2
 
 
 def test_csv_with_picked_metrics_and_qualifiers(runs, tmp_path, capsys) -> None:
     first, second = runs
     out = _report(capsys, str(first), str(second), "--pivot", "eigenvalue", "top1",
-                  "--format", "csv", "--out", str(tmp_path / "rep"))
+                  "--format", "csv")
     expected = """\
 model,params (M),eigenvalue[k=1],eigenvalue[k=2],top1,top1_err
 vit,86.567656,738.8,512.3,0.813,0.0625
@@ -83,8 +86,7 @@ resnet,60.192808,179.8,101.5,0.7,0.0625
 
 def test_latex_escapes_and_uses_math_pm(runs, tmp_path, capsys) -> None:
     first, _ = runs
-    out = _report(capsys, str(first), "--pivot", "top1", "images_per_s", "--format", "latex",
-                  "--out", str(tmp_path / "rep"))
+    out = _report(capsys, str(first), "--pivot", "top1", "images_per_s", "--format", "latex")
     assert out.splitlines()[:4] == [r"\begin{tabular}{lrrr}", r"\toprule",
                                     r"model & params (M) & top1 & images\_per\_s \\", r"\midrule"]
     assert r"vit & 86.57 & $0.813 \pm 0.062$ & 1235 \\" in out
@@ -95,8 +97,7 @@ def test_the_same_model_in_two_runs_gets_the_run_in_its_label(runs, tmp_path, ca
     third = tmp_path / "run3"
     third.mkdir()
     (third / "evaluate.csv").write_text(EVALUATE.replace("0.813", "0.9"))
-    out = _report(capsys, str(first), str(third), "--pivot", "top1", "--format", "csv",
-                  "--out", str(tmp_path / "rep"))
+    out = _report(capsys, str(first), str(third), "--pivot", "top1", "--format", "csv")
     rows = out.splitlines()[1:]
     assert rows[0].startswith(f"vit ({first}),86.567656,0.813")
     assert rows[2].startswith(f"vit ({third}),86.567656,0.9")

@@ -104,11 +104,18 @@ class ModelArgs(argparse.Action):
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), index: kwargs})
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose errors are one line (``vitprobe sharpness: error: ...``), not the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitprobe", description="Diagnostics for trained vision models.")
+    parser = OneLineParser(prog="vitprobe", description="Diagnostics for trained vision models.")
     parser.add_argument("--version", action="version", version=f"vitprobe {vitprobe.__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=OneLineParser)
     parent = shared_options()
     for command in commands.values():
         sub = subparsers.add_parser(command.name, parents=[parent], help=command.help,
@@ -148,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 for a user error, 1 for an internal one)."""
     argv = attach_negative_values(list(sys.argv[1:] if argv is None else argv))
     commands = discover_commands()
-    args = build_parser(commands).parse_args(argv)
+    try:
+        args = build_parser(commands).parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a one-line argument error
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     command = commands[args.command]
     set_quiet(args.quiet)
     ctx: RunContext | None = None

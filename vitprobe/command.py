@@ -90,11 +90,17 @@ class RunContext:
 
     @property
     def num_images(self) -> int:
-        return self.args.num_images or self.command.default_num_images
+        return self._positive("--num-images", self.args.num_images) or self.command.default_num_images
 
     @property
     def batch_size(self) -> int:
-        return self.args.batch_size or self.command.default_batch_size
+        return self._positive("--batch-size", self.args.batch_size) or self.command.default_batch_size
+
+    @staticmethod
+    def _positive(option: str, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be positive, got {value}")
+        return value
 
     @property
     def input_overrides(self) -> InputOverrides:

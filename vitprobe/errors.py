@@ -7,3 +7,10 @@ class UserError(Exception):
     The command line prints the message as one line on stderr and exits with status 2;
     library callers get the exception.
     """
+
+
+def require_finite(value: float, what: str = "the loss", where: str = "") -> float:
+    """``value`` if finite; otherwise the user error every command gives for bad weights or data."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UserError(f"{what} is not finite{where} ({value}): check the weights, the data and the labels")
+    return value

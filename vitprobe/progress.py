@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -14,9 +15,18 @@ _quiet = False
 
 
 def set_quiet(quiet: bool) -> None:
-    """Silence (or re-enable) every progress bar and log line of this process."""
+    """Silence (or re-enable) every progress bar and log line of this process, the Hugging Face
+    libraries' own ("Loading weights", downloads) included."""
     global _quiet
     _quiet = quiet
+    if quiet:  # read by huggingface_hub, and through it by transformers, when they are imported
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    else:
+        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    for module, off, on in (("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+                            ("huggingface_hub.utils", "disable_progress_bars", "enable_progress_bars")):
+        if module in sys.modules:  # already imported: switch it directly
+            getattr(sys.modules[module], off if quiet else on)()
 
 
 def is_quiet() -> bool:

@@ -25,9 +25,9 @@ MAX_GRID = 6
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attention")
-    group.add_argument("--method", choices=ATTENTION_METHODS + ATTRIBUTION_METHODS, default="rollout",
-                       help="map drawn for ViTs (default: rollout); models without attention get "
-                            "Grad-CAM for rollout/grad-rollout/raw, else the captum method asked for")
+    group.add_argument("--method", choices=ATTENTION_METHODS + ATTRIBUTION_METHODS,
+                       help="map to draw (default: rollout for ViTs, Grad-CAM for models without "
+                            "attention); an attention method asked for on a CNN is refused")
     group.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean",
                        help="how rollout fuses heads (default: mean)")
     group.add_argument("--discard", type=float, default=0.0, metavar="R",
@@ -68,12 +68,13 @@ def _display(model: LoadedModel, images: torch.Tensor) -> np.ndarray:
     return (shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown).numpy()
 
 
-def _has_attention(model: LoadedModel) -> bool:
+def _unreadable_attention(model: LoadedModel) -> UserError | None:
+    """Why ``model``'s attention cannot be read, or None when it can."""
     try:
         model.attention
-    except UserError:
-        return False
-    return True
+    except UserError as error:
+        return error
+    return None
 
 
 def _some(indices: list[int] | None, count: int, what: str) -> list[int]:
@@ -84,7 +85,7 @@ def _some(indices: list[int] | None, count: int, what: str) -> list[int]:
 
 
 def _vit_map(model: LoadedModel, data: Batches, args: argparse.Namespace) -> SaliencyMaps:
-    if args.method == "rollout":
+    if args.method in (None, "rollout"):
         return attention_rollout(model, data, head_fusion=args.head_fusion, discard_ratio=args.discard,
                                  start_layer=args.start_layer, source=args.source)
     if args.method == "grad-rollout":
@@ -111,7 +112,8 @@ def run(ctx: RunContext) -> None:
             data = _data(ctx, model)
             if display is None:
                 display = _display(model, data[0][0])
-            if _has_attention(model):
+            unreadable = _unreadable_attention(model)
+            if unreadable is None:
                 result = _vit_map(model, data, args)
                 distance = mean_attention_distance(model, data)
                 ctx.add_rows(distance.to_frame())
@@ -125,8 +127,11 @@ def run(ctx: RunContext) -> None:
                 ctx.save_figure(raw_attention_figure(raw, _display(model, first)[0], query),
                                 f"raw_attention_{_safe(model.label)}")
             else:
-                method = args.method if args.method in ATTRIBUTION_METHODS else "gradcam"
-                ctx.log(f"{model.label} has no attention layers: captum {method} instead")
+                if args.method in ATTENTION_METHODS:
+                    raise UserError(f"--method {args.method}: {unreadable}")
+                method = args.method or "gradcam"
+                if args.method is None:
+                    ctx.log(f"{model.label} has no attention layers: captum {method}")
                 results = [attributions(model, data, method=method, layer=layer)
                            for layer in (args.layer or [None])]
                 result = results[-1]

@@ -10,7 +10,7 @@ from torch import nn
 
 from vitprobe.data.batches import Batch, Batches, DataLike, as_batches
 from vitprobe.data.images import find_images, load_images
-from vitprobe.data.shapes import CLASS_NAMES, SPLITS, render_shapes, subset_indices
+from vitprobe.data.shapes import CLASS_NAMES, SPLIT_SIZE, SPLITS, render_shapes, subset_indices
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 
@@ -53,6 +53,9 @@ def load_data(
 
     if isinstance(spec, str) and spec.split(":")[0] == "shapes":
         split = shapes_split(spec)
+        if (num_images or 0) > SPLIT_SIZE:
+            raise UserError(f"--num-images {num_images} is more than the {SPLIT_SIZE} images of "
+                            f"each shapes split")
         indices = subset_indices(num_images or DEFAULT_NUM_IMAGES, seed)
         rendered = render_shapes(indices, size=tuple(config["input_size"][1:]), split=split)
         mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)

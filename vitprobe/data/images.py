@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -30,7 +31,7 @@ def find_images(spec: str | list[str]) -> tuple[list[Path], list[int] | None, li
             if not path.is_file():
                 raise UserError(f"image file not found: {path}")
         return paths, None, None
-    if any(ch in spec for ch in "*?["):
+    if any(ch in spec for ch in "*?[") and not Path(spec).exists():
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_image(Path(p)))
         if not paths:
             raise UserError(f"no image files match {spec!r}")
@@ -56,19 +57,32 @@ def find_images(spec: str | list[str]) -> tuple[list[Path], list[int] | None, li
     return paths, None, None
 
 
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grayscale image (``I;16``, ``I``) scaled to 8 bits: PIL's own
+    conversion clips such values at 255 instead of scaling them."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())
+    return Image.fromarray(np.clip(np.rint(values * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+
+
 def read_image(path: Path, channels: int = 3) -> Image.Image:
     """Open an image as RGB, or as grayscale (``L``) for 1-channel models: palette and RGBA
-    images are composited on white first; a clear error if unreadable."""
+    images are composited on white first, 16-bit grayscale is scaled (not clipped) to 8 bits;
+    a clear error if unreadable or larger than PIL's decompression-bomb limit."""
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith("I"):
+                image = _eight_bit(image)
             if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
                 canvas = Image.new("RGB", rgba.size, (255, 255, 255))
                 canvas.paste(rgba, mask=rgba.split()[-1])
                 image = canvas
             return image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except Image.DecompressionBombError as error:
+        raise UserError(f"refusing image {path}: {error}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitprobe.data.batches import DataLike, as_batches
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, require_finite
 from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
-from vitprobe.models.outputs import logits as output_logits
+from vitprobe.models.outputs import check_labels, logits as output_logits
 
 
 @dataclass
@@ -110,11 +110,10 @@ def evaluate(
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
         logits = output_logits(module(images)).float()
+        if not bool(torch.isfinite(logits).all()):
+            require_finite(float("nan"), f"{loaded.label}'s output")
         num_classes = logits.shape[-1]
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise UserError(
-                f"labels of {batches.spec} range over [{int(labels.min())}, {int(labels.max())}] "
-                f"but {loaded.label} has {num_classes} classes")
+        check_labels(logits, labels)
         losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         confidences.append(logits.softmax(-1).amax(-1).cpu())
         # rank of the true class: how many logits are strictly larger

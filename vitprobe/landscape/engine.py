@@ -12,7 +12,7 @@ from torch import nn
 
 from vitprobe import distributed
 from vitprobe.data.batches import Batches, DataLike, as_batches
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, require_finite
 from vitprobe.landscape.directions import (Direction, checkpoint_direction, eigen_directions,
                                            orthogonalize, random_direction)
 from vitprobe.landscape.evaluate import LossFn, WeightSpace, evaluate, recalibrate_batchnorm
@@ -103,6 +103,7 @@ def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, 
     if batches[0][0].device != device:
         batches = batches.to(device)
     bn_stats = _check_options(kind, bn_stats, to)
+    require_finite(evaluate(module, batches, loss_fn)[0], where=f" at {loaded.label}'s own weights")
     target = as_loaded(to) if to is not None else None
     if label is None:
         label = loaded.label if target is None else f"{loaded.label}->{target.label}"

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitprobe.data.batches import Batch
 from vitprobe.landscape.directions import Direction
-from vitprobe.models.outputs import logits
+from vitprobe.models.outputs import check_labels, logits
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -138,6 +138,7 @@ def evaluate(module: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None
             outputs = module(images)
             if loss_fn is None:
                 outputs = logits(outputs)
+                check_labels(outputs, labels)
             n = int(images.shape[0])
             if loss_fn is None:
                 losses.append(F.cross_entropy(outputs.double(), labels, reduction="sum"))

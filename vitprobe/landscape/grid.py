@@ -20,6 +20,7 @@ import numpy as np
 from vitprobe.errors import UserError
 
 GridLike = int | str | tuple[int] | tuple[int, int]
+MAX_POINTS = 1_000_000
 SpanLike = float | str | tuple[float, float]
 
 
@@ -37,6 +38,10 @@ def parse_grid(grid: GridLike) -> tuple[int, int | None]:
         counts = tuple(int(c) for c in grid)
     if len(counts) not in (1, 2) or any(c < 2 for c in counts):
         raise UserError(f"a grid is one or two counts of at least 2 points, got {grid!r}")
+    points = counts[0] * (counts[1] if len(counts) == 2 else 1)
+    if points > MAX_POINTS:
+        raise UserError(f"a {grid} grid has {points:,} points; at most {MAX_POINTS:,} are computed "
+                        "(each is a pass over the images)")
     return counts[0], (counts[1] if len(counts) == 2 else None)
 
 

@@ -40,14 +40,29 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
         try:
             obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
         except pickle.UnpicklingError as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise UserError(
-                f"{path} holds pickled objects beyond tensors ({first_line}); "
-                "pass --trust-checkpoint (trust_checkpoint=True) only if you trust its source"
-            ) from None
-        except (RuntimeError, EOFError, OSError) as error:
-            raise UserError(f"cannot read checkpoint {path}: {error}") from None
+            raise unpickling_error(path, error) from None
+        except Exception as error:  # whatever torch.load makes of a file that is no checkpoint
+            raise UserError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: "
+                            f"{_first_line(error)})") from None
     return _unwrap(obj, path)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def unpickling_error(path: Path, error: pickle.UnpicklingError) -> UserError:
+    """The refusal of a weights-only load: a pickle that names code (a payload, or a checkpoint
+    saved with its classes) keeps torch's detail and the opt-in; anything else is no checkpoint."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line.split()]
+    if named:
+        return UserError(f"{path} holds pickled objects beyond tensors ({named[0]}); pass "
+                         "--trust-checkpoint (trust_checkpoint=True) only if you trust its source")
+    detail = next((line for line in lines if line.startswith("Unsupported") or "invalid load key" in line),
+                  lines[-1] if lines else "")
+    return UserError(f"{path} is not a PyTorch checkpoint ({detail})")
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

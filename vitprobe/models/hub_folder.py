@@ -24,9 +24,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{folder} is not a Hugging Face hub folder: it has no config.json")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"cannot parse {path}: {error}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
 
 
 def weights_file(folder: Path) -> Path:
@@ -43,13 +46,27 @@ def load_timm_folder(folder: Path, config: dict[str, Any], trust_checkpoint: boo
     from vitprobe.models.specs import unknown_architecture
 
     architecture = config["architecture"]
+    if not isinstance(architecture, str):
+        raise UserError(f"{folder}/config.json: architecture must be a timm model name, got {architecture!r}")
     if not timm.is_model(architecture):
         raise unknown_architecture(architecture)
-    kwargs = dict(config.get("model_args") or {})
+    kwargs = config.get("model_args") or {}
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{folder}/config.json: model_args must be an object, got {kwargs!r}")
+    kwargs = dict(kwargs)
     if "num_classes" in config:
+        if not isinstance(config["num_classes"], int) or isinstance(config["num_classes"], bool):
+            raise UserError(f"{folder}/config.json: num_classes must be an integer, got "
+                            f"{config['num_classes']!r}")
         kwargs["num_classes"] = config["num_classes"]
-    module = timm.create_model(architecture, pretrained=False,
-                               pretrained_cfg_overlay=config.get("pretrained_cfg") or {}, **kwargs)
+    overlay = config.get("pretrained_cfg") or {}
+    if not isinstance(overlay, dict):
+        raise UserError(f"{folder}/config.json: pretrained_cfg must be an object")
+    try:
+        module = timm.create_model(architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise UserError(f"{folder}/config.json: {architecture} rejects its settings "
+                        f"({type(error).__name__}: {error})") from None
     path = weights_file(folder)
     load_strict(module, timm_filter(module, read_state_dict(path, trust_checkpoint)), str(path))
     loaded = describe(module.eval(), label=folder.name)
@@ -82,8 +99,16 @@ def load_transformers_folder(folder: Path, config: dict[str, Any]) -> tuple[Load
     if model_type not in TRANSFORMERS_VITS:
         raise UserError(f"{folder}: transformers model_type {model_type!r} is not supported "
                         f"(supported: {', '.join(TRANSFORMERS_VITS)})")
-    hf_model = AutoModelForImageClassification.from_pretrained(
-        folder, local_files_only=True, attn_implementation="eager")
+    weights = weights_file(folder)
+    if weights.suffix == ".bin":  # transformers would unpickle it: refuse code the timm way first
+        read_state_dict(weights)
+    try:
+        hf_model = AutoModelForImageClassification.from_pretrained(
+            folder, local_files_only=True, attn_implementation="eager")
+    except Exception as error:  # transformers' many ways to reject a folder
+        detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise UserError(f"cannot load the transformers model in {folder}: "
+                        f"{type(error).__name__}: {detail}") from None
     module = TransformersClassifier(hf_model).eval()
     size = sites.pair(config.get("image_size", 224))
     mean, std = _preprocessor_stats(folder)
@@ -92,15 +117,19 @@ def load_transformers_folder(folder: Path, config: dict[str, Any]) -> tuple[Load
     loaded = describe(module, label=folder.name, data_config=data_config,
                       input_source="transformers config.json + preprocessor_config.json")
     loaded.class_names = [hf_model.config.id2label[i] for i in sorted(hf_model.config.id2label)]
-    return loaded, weights_file(folder)
+    return loaded, weights
 
 
 def _preprocessor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     path = folder / "preprocessor_config.json"
-    if path.is_file():
+    if not path.is_file():
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    try:
         config = json.loads(path.read_text())
-        return tuple(config.get("image_mean", (0.5,) * 3)), tuple(config.get("image_std", (0.5,) * 3))
-    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        mean, std = (tuple(float(v) for v in config.get(key, (0.5,) * 3)) for key in ("image_mean", "image_std"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {type(error).__name__}: {error}") from None
+    return mean, std
 
 
 def load_hub_folder(folder: Path, trust_checkpoint: bool = False) -> tuple[LoadedModel, Path]:

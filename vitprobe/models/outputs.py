@@ -30,3 +30,11 @@ def logits(output: object) -> torch.Tensor:
         raise UserError(f"the model returns {shape}, not (batch, classes) logits: "
                         "a classification head is needed")
     return output
+
+
+def check_labels(scores: torch.Tensor, labels: torch.Tensor) -> None:
+    """Class labels must index the model's classes; a UserError naming both otherwise."""
+    if labels.numel() and not labels.is_floating_point() and (
+            int(labels.min()) < 0 or int(labels.max()) >= scores.shape[-1]):
+        raise UserError(f"the labels range over [{int(labels.min())}, {int(labels.max())}] but the "
+                        f"model has {scores.shape[-1]} classes: data and model do not match")

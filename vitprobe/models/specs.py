@@ -246,6 +246,11 @@ def _load_timm_pretrained(name: str, allow_download: bool,
     except TypeError as error:
         raise UserError(f"{name}: bad --model-args ({error})") from None
     except Exception as error:  # hub, network and cache errors come in many types
+        cached = _cached_weights_file(timm.create_model(name, pretrained=False))
+        if cached is not None:
+            raise UserError(f"the cached weights of {name} are damaged: {cached} ({type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                            "delete that file and download it again") from None
         how = "the download failed" if allow_download else "they are not in the local Hugging Face cache"
         raise UserError(f"no weights for {name}: {how} ({type(error).__name__}); pass "
                         "--allow-download, or give a local file as ARCH=PATH") from None

@@ -17,9 +17,9 @@ from torch import nn
 
 from vitprobe import distributed
 from vitprobe.data.batches import Batch, Batches
-from vitprobe.errors import UserError
+from vitprobe.errors import require_finite
 from vitprobe.models.attention_path import math_attention
-from vitprobe.models.outputs import logits
+from vitprobe.models.outputs import check_labels, logits
 from vitprobe.sharpness.vectors import unflatten
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,7 +27,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The default loss: mean cross-entropy of the logits (no label smoothing, no weight decay)."""
-    return F.cross_entropy(logits(outputs), labels)
+    scores = logits(outputs)
+    check_labels(scores, labels)
+    return F.cross_entropy(scores, labels)
 
 
 @contextmanager
@@ -46,8 +48,7 @@ def analysis_mode(module: nn.Module) -> Iterator[None]:
 def checked(loss: torch.Tensor, where: str = "") -> torch.Tensor:
     """``loss`` if finite; a non-finite loss is the user's problem (bad weights or data)."""
     if not bool(torch.isfinite(loss.detach()).all()):
-        raise UserError(f"the loss is not finite{where} ({loss.detach().item()}): "
-                        "check the weights, the data and the labels")
+        require_finite(float(loss.detach().item()), where=where)
     return loss
 
 
@@ -102,9 +103,7 @@ def mean_loss_and_grad(module: nn.Module, batches: Sequence[Batch], params: Sequ
         total = flat[0].double()
         if with_grad:
             grads = unflatten(flat[1:], params)
-    value = float(total) / num_images
-    if value != value or value in (float("inf"), float("-inf")):
-        raise UserError(f"the loss is not finite ({value}): check the weights, the data and the labels")
+    value = require_finite(float(total) / num_images)
     if with_grad:
         grads = [g / num_images for g in grads]
     return value, grads

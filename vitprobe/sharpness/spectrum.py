@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal
 
@@ -58,7 +59,7 @@ def hessian_spectrum(model: nn.Module | LoadedModel, data: DataLike | None = Non
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if k < 1 or tol <= 0 or max_iter < 1:
+    if k < 1 or not (math.isfinite(tol) and tol > 0) or max_iter < 1:
         raise UserError(f"need k >= 1, tol > 0 and max_iter >= 1 (got k={k}, tol={tol}, max_iter={max_iter})")
     loaded = as_loaded(operator.loaded if operator is not None else model)
     started = time.perf_counter()

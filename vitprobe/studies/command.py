@@ -94,8 +94,16 @@ def report(ctx: RunContext) -> None:
     table = pivot(read_runs(dirs), ctx.args.pivot, read_parameters(dirs))
     render, suffix = FORMATTERS[ctx.args.format]
     text = render(table)
-    print(text, end="")
-    write_text(ctx.out / f"report.{suffix}", text)
+    if not given(ctx.argv[1:], "--out"):
+        print(text, end="")
+        return
+    target = ctx.args.out
+    if target.is_dir():
+        raise UserError(f"--out {target} is a folder: report writes one file, e.g. --out table.{suffix}")
+    try:
+        write_text(target, text)
+    except OSError as error:
+        raise UserError(f"cannot write --out {target}: {error.strerror or error}") from None
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

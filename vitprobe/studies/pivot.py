@@ -50,7 +50,11 @@ def read_runs(dirs: list[Path]) -> pd.DataFrame:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder of vitprobe results")
         for path in sorted(folder.glob("*.csv"), key=_order):
-            frame = pd.read_csv(path)
+            try:
+                frame = pd.read_csv(path)
+            except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+                raise UserError(f"cannot read {path}: {type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else ''}") from None
             if {"model", "metric", "value"} <= set(frame.columns):
                 frames.append(frame.assign(run=str(folder), analysis=path.stem))
     if not frames:

@@ -43,8 +43,9 @@ STUDY_KEYS = ("name", "description", "models", "data", "data_env", "data_help", 
               "train_data_env", "train_data_help", "gallery")
 # the analyses the papers measure on training data (Keskar et al., Li et al., Foret et al., Chen et al.)
 TRAINING_ANALYSES = ("sharpness", "landscape")
-SHARED_KEYS = ("num_images", "batch_size", "seed", "device", "format", "allow_download",
-               "trust_checkpoint")
+SHARED_KEYS = ("num_images", "batch_size", "seed", "device", "format", "allow_download")
+# a recipe is a file people share: unpickling code is allowed from the command line only
+COMMAND_LINE_ONLY = ("trust_checkpoint",)
 
 
 @dataclass
@@ -176,6 +177,15 @@ def parse_recipe(path: str | Path) -> Recipe:
             isinstance(k, str) and isinstance(v, str) for k, v in gallery.items()):
         raise _error(path, text, "[study.gallery] must map file names to glob patterns",
                      "study", "gallery")
+    for name in gallery:
+        if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).name:
+            raise _error(path, text, f"[study.gallery] {name!r} must be a file name inside the out "
+                         "folder (no absolute path, no '..')", "study", "gallery")
+    for section, settings in document.items():
+        for key in COMMAND_LINE_ONLY:
+            if isinstance(settings, dict) and (key in settings or key.replace("_", "-") in settings):
+                raise _error(path, text, f"[{section}] sets {key}: a recipe cannot allow unpickling "
+                             "code; pass --trust-checkpoint on the command line", section, key)
     shared = {k: v for k, v in study.items() if k in SHARED_KEYS}
     _check_keys(path, text, "study", shared, shared_parser, list(SHARED_KEYS))
 

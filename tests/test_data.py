@@ -100,3 +100,28 @@ def test_as_batches_accepts_every_form():
     assert as_batches((x, y)).num_images == 4
     assert as_batches([(x, y), (x[:2], y[:2])]).num_images == 6
     assert as_batches(iter([(x, y)])).rebatch(3).batches[1][0].shape[0] == 1
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path, model):
+    """A 16-bit grayscale PNG and its 8-bit twin give the same images (to one 8-bit step)."""
+    from PIL import Image
+
+    values = np.random.default_rng(0).integers(0, 256, (16, 16)).astype(np.uint8)
+    (tmp_path / "eight").mkdir()
+    (tmp_path / "sixteen").mkdir()
+    Image.fromarray(values, mode="L").save(tmp_path / "eight" / "a.png")
+    Image.fromarray(values.astype(np.uint16) * 257).save(tmp_path / "sixteen" / "a.png")
+    assert Image.open(tmp_path / "sixteen" / "a.png").mode.startswith("I")
+    eight = load_data(str(tmp_path / "eight"), model).images()
+    sixteen = load_data(str(tmp_path / "sixteen"), model).images()
+    std = min(model.data_config["std"])
+    torch.testing.assert_close(sixteen, eight, atol=1.01 / 255 / std, rtol=0)
+
+
+def test_a_folder_name_with_brackets_is_a_folder_not_a_glob(tmp_path, model):
+    from PIL import Image
+
+    folder = tmp_path / "run [2024]"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(folder / "a.png")
+    assert load_data(str(folder), model).num_images == 1

@@ -158,3 +158,22 @@ def test_a_complete_rerun_holds_only_its_own_rows(tmp_path) -> None:
     assert only_a.wait(timeout=120) == 0
     assert _record(out)["status"] == "complete" and _models(out) == {"a"}
     _describes_csv(out)
+
+
+def test_sigint_in_a_sharpness_run_exits_130_every_time(tmp_path) -> None:
+    """The interrupted model's kept gradient graph is being built when SIGINT arrives (its memory
+    measured under saved-tensor hooks): 20 runs, 4 at a time, each must end with 130, not a crash."""
+    argv = ["sharpness", *[token for spec in MODELS for token in ("--model", spec)], "--input-size", "16",
+            "--num-images", "8", "--no-sam", "--quiet"]
+    codes = []
+    for wave in range(5):
+        outs = [tmp_path / f"run{wave}-{i}" for i in range(4)]
+        runs = [_start([*argv, "--out", str(out)], slow="b,c") for out in outs]
+        for run, out in zip(runs, outs):
+            _wait_for(lambda: _record(out, "sharpness").get("models_done") == ["a"] or run.poll() is not None)
+            run.send_signal(signal.SIGINT)
+        for run, out in zip(runs, outs):
+            codes.append(run.wait(timeout=60))
+            assert _record(out, "sharpness")["status"] == "interrupted", run.stderr.read()
+            assert set(pd.read_csv(out / "sharpness.csv")["model"]) == {"a"}
+    assert codes == [130] * 20

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         ctx = RunContext(command=command, args=args, argv=["vitprobe", *argv], device=device,
                          out=args.out)
+        ctx.check_shared_options()
         command.run(ctx)
         if ctx.failures:
             _close(ctx, "partial")

@@ -102,6 +102,12 @@ class RunContext:
             raise UserError(f"{option} must be positive, got {value}")
         return value
 
+    def check_shared_options(self) -> None:
+        """Refuse bad shared options before any work, also in commands that do not use them."""
+        self._positive("--num-images", self.args.num_images)
+        self._positive("--batch-size", self.args.batch_size)
+        self.input_overrides  # InputOverrides validates the input flags as it is built
+
     @property
     def input_overrides(self) -> InputOverrides:
         """``--input-size``, ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``, ``--in-chans``."""
@@ -190,7 +196,7 @@ class RunContext:
             return
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
+        except FileExistsError:
             raise UserError(f"--out {self.out} is a file, not a folder") from None
         except OSError as error:
             raise UserError(f"cannot create --out {self.out}: {error.strerror}") from None

@@ -97,6 +97,11 @@ def evaluate(
     would be 1 by construction. Labels that are the model's own predictions
     (``Batches.labels_from_model``) are refused: accuracy against them is meaningless.
     """
+    if (not topk or min(topk) < 1 or num_bins < 1 or bootstrap_samples < 1
+            or not 0 < confidence < 1):
+        raise UserError(f"need top-k values >= 1, ECE bins >= 1, bootstrap resamples >= 1 and a "
+                        f"confidence in (0, 1) (got {list(topk)}, {num_bins}, {bootstrap_samples}, "
+                        f"{confidence})")
     loaded = as_loaded(model)
     batches = as_batches(data)
     if batches.labels_from_model:

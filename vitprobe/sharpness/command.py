@@ -85,6 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.keskar is not None and not (math.isfinite(args.keskar) and args.keskar > 0):
         raise UserError(f"--keskar must be a finite epsilon above 0, got {args.keskar}")
+    rhos = args.sam_rho or []
+    if not all(math.isfinite(r) and r >= 0 for r in rhos):
+        raise UserError(f"--sam-rho must be finite and >= 0, got {rhos}")
+    least_samples = 3 if args.trace_method == "hutch++" else 2
+    counts = {"--sam-steps": (args.sam_steps, 1), "--trace-samples": (args.trace_samples, least_samples),
+              "--density-vectors": (args.density_vectors, 1), "--density-steps": (args.density_steps, 1)}
+    if args.sam_m is not None:
+        counts["--sam-m"] = (args.sam_m, 1)
+    for option, (value, least) in counts.items():
+        if value < least:
+            raise UserError(f"{option} must be at least {least}, got {value}")
     if args.subsets is not None and args.subsets < 2:
         raise UserError(f"--subsets needs at least 2 subsets, got {args.subsets}")
     if args.top_k < 1 or not (math.isfinite(args.tol) and args.tol > 0) or args.max_iter < 1:

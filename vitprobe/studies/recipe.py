@@ -155,6 +155,11 @@ def parse_recipe(path: str | Path) -> Recipe:
     study = document.get("study")
     if not isinstance(study, dict):
         raise RecipeError(f"{path}: a recipe needs a [study] section with its models")
+    for section, settings in document.items():
+        for key in COMMAND_LINE_ONLY:
+            if isinstance(settings, dict) and (key in settings or key.replace("_", "-") in settings):
+                raise _error(path, text, f"[{section}] sets {key}: a recipe cannot allow unpickling "
+                             "code; pass --trust-checkpoint on the command line", section, key)
     parsers = command_parsers()
     shared_parser = next(iter(parsers.values()))  # every command has the shared options
 
@@ -181,11 +186,6 @@ def parse_recipe(path: str | Path) -> Recipe:
         if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).name:
             raise _error(path, text, f"[study.gallery] {name!r} must be a file name inside the out "
                          "folder (no absolute path, no '..')", "study", "gallery")
-    for section, settings in document.items():
-        for key in COMMAND_LINE_ONLY:
-            if isinstance(settings, dict) and (key in settings or key.replace("_", "-") in settings):
-                raise _error(path, text, f"[{section}] sets {key}: a recipe cannot allow unpickling "
-                             "code; pass --trust-checkpoint on the command line", section, key)
     shared = {k: v for k, v in study.items() if k in SHARED_KEYS}
     _check_keys(path, text, "study", shared, shared_parser, list(SHARED_KEYS))
 

@@ -428,3 +428,19 @@ def test_unreadable_attention_is_named() -> None:
     loaded = as_loaded(Custom())
     with pytest.raises(UserError, match="MyAttention is not one vitprobe can read"):
         attention_rollout(loaded, torch.randn(1, 3, 32, 32))
+
+
+def test_quiet_hides_the_transformers_loading_bar(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder, _ = _hf_folder(tmp_path, "vit")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    argv = [sys.executable, "-m", "vitprobe", "throughput", "--model", str(folder), "--batch-size", "2",
+            "--warmup", "0", "--steps", "1", "--out", str(tmp_path / "out")]
+    loud = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    quiet = subprocess.run([*argv, "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "" and "Loading" not in quiet.stderr
+    assert loud.stderr  # the control: without --quiet there is something to hide

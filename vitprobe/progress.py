@@ -15,18 +15,19 @@ _quiet = False
 
 
 def set_quiet(quiet: bool) -> None:
-    """Silence (or re-enable) every progress bar and log line of this process, the Hugging Face
-    libraries' own ("Loading weights", downloads) included."""
+    """Silence (or re-enable) every progress bar and log line of this process; quiet also
+    silences the Hugging Face libraries' own bars ("Loading weights", downloads)."""
     global _quiet
     _quiet = quiet
-    if quiet:  # read by huggingface_hub, and through it by transformers, when they are imported
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    else:
-        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-    for module, off, on in (("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
-                            ("huggingface_hub.utils", "disable_progress_bars", "enable_progress_bars")):
-        if module in sys.modules:  # already imported: switch it directly
-            getattr(sys.modules[module], off if quiet else on)()
+    if not quiet:
+        return  # the Hugging Face libraries keep their own (and the user's) settings
+    # read by huggingface_hub (and through it by transformers) when it is imported ...
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # ... and switched off directly where it already is
+    for module, off in (("transformers.utils.logging", "disable_progress_bar"),
+                        ("huggingface_hub.utils", "disable_progress_bars")):
+        if module in sys.modules:
+            getattr(sys.modules[module], off)()
 
 
 def is_quiet() -> bool:

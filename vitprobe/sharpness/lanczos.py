@@ -4,12 +4,21 @@ tridiagonal matrices that stochastic Lanczos quadrature needs.
 Lanczos (1950) builds an orthonormal Krylov basis V and the tridiagonal T = V^T H V one product at a
 time; the Ritz pairs (theta, V s) of T approximate H's extreme eigenpairs far faster than power
 iteration (Saad, *Numerical Methods for Large Eigenvalue Problems*, ch. 6). With full
-reorthogonalisation (classical Gram-Schmidt, twice) the basis stays orthogonal to working
-precision, and the residual of a Ritz pair is exact and free: ||H y - theta y|| = beta_j |s_j|.
+reorthogonalisation the basis stays orthogonal to working precision, and the residual of a Ritz
+pair is exact and free: ||H y - theta y|| = beta_j |s_j|.
+
+Reorthogonalisation is one classical Gram-Schmidt pass against the whole basis, and a second
+only when the first removed most of w (the test of Daniel, Gragg, Kaufman & Stewart 1976:
+||w after|| < ||w before|| / sqrt 2), which in Lanczos is rare: half the cost of "twice is
+enough" at the same orthogonality. The basis has the parameters' dtype, and dot products and
+norms accumulate in float64 block by block (:func:`vitprobe.sharpness.vectors.dot`) without
+whole-vector casts. A ``tol`` that a float32 basis cannot deliver (below 100 float32 epsilons)
+switches the basis, and the recurrence, to float64; the products stay in the operator's dtype.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,8 +26,11 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from vitprobe.sharpness.vectors import dot, norm
+
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 CHUNK = 32
+PRECISE_BELOW = 100  # a tol under this many epsilons of the operator's dtype needs a float64 basis
 
 
 class _Basis:
@@ -40,12 +52,17 @@ class _Basis:
             rows = min(CHUNK, self.count - i * CHUNK)
             yield chunk[:rows]
 
-    def orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
-        """w minus its projection on the basis, twice ("twice is enough": Parlett)."""
-        for _ in range(2):
-            for block in self._filled():
-                w = w - block.T @ (block @ w)
+    def project_out(self, w: torch.Tensor) -> torch.Tensor:
+        """w minus its projection on the basis (one classical Gram-Schmidt pass)."""
+        for block in self._filled():
+            w = w - block.T @ (block @ w)
         return w
+
+    def orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
+        """One pass, and a second when the first removed most of w (DGKS 1976)."""
+        before = norm(w)
+        w = self.project_out(w)
+        return self.project_out(w) if norm(w) < before / math.sqrt(2) else w
 
     def combine(self, coefficients: np.ndarray) -> torch.Tensor:
         """V^T c for each column c of ``coefficients`` (count x r): the Ritz vectors, as rows."""
@@ -94,11 +111,11 @@ class Lanczos:
         """One product: extends T by alpha_j and beta_j (the norm of the next residual)."""
         v = self._v
         w = self.matvec(v)
-        alpha = float(torch.dot(w.double(), v.double()))
+        alpha = dot(w, v)
         w = w - alpha * v - (self.betas[-1] if self.betas else 0.0) * self._previous
         if self.basis is not None:
             w = self.basis.orthogonalise(w)
-        beta = float(torch.linalg.vector_norm(w.double()))
+        beta = norm(w)
         self.alphas.append(alpha)
         self.betas.append(beta)
         if self.steps >= self.size:
@@ -113,7 +130,7 @@ class Lanczos:
             self.betas[-1] = 0.0
             w = torch.randn(self.size, generator=self.generator, dtype=torch.float64).to(v)
             w = self.basis.orthogonalise(w)
-            beta = float(torch.linalg.vector_norm(w.double()))
+            beta = norm(w)
         self._previous, self._v = v, w / beta
         if self.basis is not None:
             self.basis.append(self._v)
@@ -146,6 +163,13 @@ class Eigenpairs:
     converged: bool
 
 
+def _in_dtype(matvec: Matvec, dtype: torch.dtype) -> Matvec:
+    """``matvec`` applied in ``dtype`` to vectors of another (float64) dtype, and back."""
+    def product(v: torch.Tensor) -> torch.Tensor:
+        return matvec(v.to(dtype)).to(v.dtype)
+    return product
+
+
 def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtype: torch.dtype,
                 device: torch.device, seed: int = 0) -> Eigenpairs:
     """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with full
@@ -154,8 +178,10 @@ def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dt
     if not 1 <= k <= size:
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    run = Lanczos(matvec, start, reorthogonalise=True, generator=generator)
+    basis_dtype = torch.float64 if tol < PRECISE_BELOW * torch.finfo(dtype).eps else dtype
+    start = torch.randn(size, generator=generator, dtype=torch.float64).to(device=device, dtype=basis_dtype)
+    run = Lanczos(matvec if basis_dtype == dtype else _in_dtype(matvec, dtype), start,
+                  reorthogonalise=True, generator=generator)
     reached: list[int | None] = [None] * k
     while True:
         run.step()
@@ -171,6 +197,6 @@ def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dt
                 reached[i] = run.steps
         done = all(r is not None for r in reached) and len(top) == k
         if done or run.exhausted or run.steps >= max_iter:
-            vectors = run.basis.combine(s[:, top])
+            vectors = run.basis.combine(s[:, top]).to(dtype)
             hvps = np.array([r if r is not None else run.steps for r in reached[:len(top)]])
             return Eigenpairs(theta[top], vectors, relative, hvps, run.steps, bool(done or run.exhausted))

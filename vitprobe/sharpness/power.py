@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vitprobe.sharpness.lanczos import Eigenpairs, Matvec
+from vitprobe.sharpness.vectors import dot, norm
 
 
 def power_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtype: torch.dtype,
@@ -35,8 +36,8 @@ def power_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtyp
         for step in range(1, max_iter + 1):
             w = matvec(v)
             total += 1
-            theta = float(torch.dot(w.double(), v.double()))
-            residual = float(torch.linalg.vector_norm((w - theta * v).double())) / max(abs(theta), 1e-300)
+            theta = dot(w, v)
+            residual = norm(w - theta * v) / max(abs(theta), 1e-300)
             if residual < tol or step == max_iter:
                 converged &= residual < tol
                 break

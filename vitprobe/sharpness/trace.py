@@ -30,7 +30,7 @@ from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs
 from vitprobe.sharpness.results import TraceResult
 from vitprobe.sharpness.spectrum import describe, operator_for
-from vitprobe.sharpness.vectors import ParamFilter, rademacher
+from vitprobe.sharpness.vectors import ParamFilter, dot, rademacher
 
 TraceMethod = Literal["hutch++", "hutchinson"]
 
@@ -41,7 +41,7 @@ def hutchinson(op: HessianOperator, num_samples: int, generator: torch.Generator
     samples = []
     for _ in range(num_samples):
         z = project(rademacher(op.size, generator, op.dtype, op.device))
-        samples.append(float(torch.dot(z.double(), op.matvec(z).double())))
+        samples.append(dot(z, op.matvec(z)))
     return np.array(samples)
 
 
@@ -50,11 +50,12 @@ def hutch_plus_plus(op: HessianOperator, num_samples: int,
     """tr(Q^T H Q) and the Hutchinson samples of the deflated remainder (Meyer et al. 2021)."""
     sketch = max(1, num_samples // 3)
     remainder = num_samples - 2 * sketch
-    products = torch.stack([op.matvec(rademacher(op.size, generator, op.dtype, op.device))
-                            for _ in range(sketch)], dim=1)
-    q, _ = torch.linalg.qr(products.double())
-    q = q.to(op.dtype)
-    exact = sum(float(torch.dot(q[:, i].double(), op.matvec(q[:, i]).double())) for i in range(sketch))
+    products = torch.empty(op.size, sketch, dtype=op.dtype, device=op.device)
+    for i in range(sketch):
+        products[:, i] = op.matvec(rademacher(op.size, generator, op.dtype, op.device))
+    q, _ = torch.linalg.qr(products)  # Householder QR in the parameters' dtype: orthogonal to
+    del products                      # its precision, and no float64 copy of the n x m sketch
+    exact = sum(dot(q[:, i], op.matvec(q[:, i].contiguous())) for i in range(sketch))
     project = lambda z: z - q @ (q.T @ z)
     return exact, hutchinson(op, remainder, generator, project)
 

@@ -51,6 +51,23 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
     return out
 
 
+BLOCK = 1 << 16
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> of two flat vectors: exact products summed in blocks of 65536 in their own dtype,
+    the block sums accumulated in float64, so no whole-vector float64 copy is made (the error
+    is that of a 65536-term sum, not of an n-term one)."""
+    if a.dtype == torch.float64:
+        return float(torch.dot(a, b))
+    return float(sum(torch.dot(x, y).double() for x, y in zip(a.split(BLOCK), b.split(BLOCK))))
+
+
+def norm(a: torch.Tensor) -> float:
+    """||a||, accumulated as :func:`dot` does."""
+    return dot(a, a) ** 0.5
+
+
 def rademacher(size: int, generator: torch.Generator, dtype: torch.dtype,
                device: torch.device) -> torch.Tensor:
     """A vector of independent +-1 entries, drawn on the CPU so every device and rank agrees."""

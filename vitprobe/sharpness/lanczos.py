@@ -7,10 +7,14 @@ iteration (Saad, *Numerical Methods for Large Eigenvalue Problems*, ch. 6). With
 reorthogonalisation the basis stays orthogonal to working precision, and the residual of a Ritz
 pair is exact and free: ||H y - theta y|| = beta_j |s_j|.
 
-Reorthogonalisation is one classical Gram-Schmidt pass against the whole basis, and a second
-only when the first removed most of w (the test of Daniel, Gragg, Kaufman & Stewart 1976:
-||w after|| < ||w before|| / sqrt 2), which in Lanczos is rare: half the cost of "twice is
-enough" at the same orthogonality. The basis has the parameters' dtype, and dot products and
+Reorthogonalisation is partial (Simon 1984, "The Lanczos algorithm with partial
+reorthogonalization"): the loss of orthogonality omega_{j,k} ~ v_j . v_k is estimated by Simon's
+recurrence from the tridiagonal alone, and w is orthogonalised against the basis only when an
+estimate exceeds sqrt(eps), and on the step after; the basis then stays semi-orthogonal, which
+keeps the Ritz values (and the residual bound) accurate to working precision (Simon 1984,
+Theorem 4). A reorthogonalisation is one classical Gram-Schmidt pass, and a second only when the
+first removed most of w (Daniel, Gragg, Kaufman & Stewart 1976: ||w after|| < ||w|| / sqrt 2).
+The count of reorthogonalised steps is kept in ``reorthogonalised``. The basis has the parameters' dtype, and dot products and
 norms accumulate in float64 block by block (:func:`vitprobe.sharpness.vectors.dot`) without
 whole-vector casts. A ``tol`` that a float32 basis cannot deliver (below 100 float32 epsilons)
 switches the basis, and the recurrence, to float64; the products stay in the operator's dtype.
@@ -41,11 +45,14 @@ class _Basis:
         self.chunks: list[torch.Tensor] = []
         self.count = 0
 
-    def append(self, v: torch.Tensor) -> None:
+    def append(self, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Store v / scale as the next vector (one pass, no temporary); return the stored row."""
         if self.count % CHUNK == 0:
             self.chunks.append(torch.empty(CHUNK, self.size, dtype=self.dtype, device=self.device))
-        self.chunks[-1][self.count % CHUNK] = v
+        row = self.chunks[-1][self.count % CHUNK]
+        torch.div(v, scale, out=row)
         self.count += 1
+        return row
 
     def _filled(self):
         for i, chunk in enumerate(self.chunks):
@@ -93,15 +100,18 @@ class Lanczos:
     generator: torch.Generator | None = None
     alphas: list[float] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
+    reorthogonalised: int = 0
 
     def __post_init__(self) -> None:
-        v = self.start / torch.linalg.vector_norm(self.start)
-        self.size = v.numel()
-        self.basis = _Basis(self.size, v.dtype, v.device) if self.reorthogonalise else None
+        self.size = self.start.numel()
+        self.basis = _Basis(self.size, self.start.dtype, self.start.device) if self.reorthogonalise else None
+        scale = norm(self.start)
+        v = self.basis.append(self.start, scale) if self.basis is not None else self.start / scale
         self._v, self._previous = v, torch.zeros_like(v)
-        if self.basis is not None:
-            self.basis.append(v)
         self.exhausted = False
+        self._eps = float(torch.finfo(v.dtype).eps)
+        self._omega: list[np.ndarray] = [np.ones(1)]  # omega[j][k] estimates v_j . v_k
+        self._again = False  # reorthogonalise the next step too
 
     @property
     def steps(self) -> int:
@@ -111,12 +121,22 @@ class Lanczos:
         """One product: extends T by alpha_j and beta_j (the norm of the next residual)."""
         v = self._v
         w = self.matvec(v)
+        if w.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+            w = w.clone()  # an operator that hands v back (the identity): w is updated in place
         alpha = dot(w, v)
-        w = w - alpha * v - (self.betas[-1] if self.betas else 0.0) * self._previous
-        if self.basis is not None:
-            w = self.basis.orthogonalise(w)
-        beta = norm(w)
+        w.sub_(v, alpha=alpha)
+        if self.betas:
+            w.sub_(self._previous, alpha=self.betas[-1])
         self.alphas.append(alpha)
+        beta = norm(w)
+        if self.basis is not None:
+            lost = self._lost_orthogonality(beta)
+            if lost or self._again:  # on detection, and on the step after (Simon 1984)
+                w = self.basis.orthogonalise(w)
+                beta = norm(w)
+                self.reorthogonalised += 1
+                self._omega[-1][:-2] = self._eps  # orthogonal again, to working precision
+                self._again = not self._again
         self.betas.append(beta)
         if self.steps >= self.size:
             self.exhausted = True
@@ -131,9 +151,31 @@ class Lanczos:
             w = torch.randn(self.size, generator=self.generator, dtype=torch.float64).to(v)
             w = self.basis.orthogonalise(w)
             beta = norm(w)
-        self._previous, self._v = v, w / beta
-        if self.basis is not None:
-            self.basis.append(self._v)
+            self._omega[-1][:-1] = self._eps
+        self._previous, self._v = v, self._store(w, beta)
+
+    def _store(self, w: torch.Tensor, beta: float) -> torch.Tensor:
+        """The next Lanczos vector w / beta, written straight into the basis when there is one
+        (else w itself is scaled: it is this step's own tensor)."""
+        return self.basis.append(w, beta) if self.basis is not None else w.div_(beta)
+
+    def _lost_orthogonality(self, beta: float) -> bool:
+        """Extend Simon's estimates to the next vector, v_{j+1} = w / beta; true when one of them
+        exceeds sqrt(eps)."""
+        j, a, b = len(self.alphas) - 1, self.alphas, self.betas
+        previous = self._omega[-1]
+        before = self._omega[-2] if len(self._omega) > 1 else np.zeros(0)
+        scale = max(abs(alpha) for alpha in a) + max(b + [beta])
+        omega = np.empty(j + 2)
+        for k in range(j):
+            value = (b[k] * previous[k + 1] + (a[k] - a[j]) * previous[k]
+                     + (b[k - 1] * previous[k - 1] if k > 0 else 0.0) - b[j - 1] * before[k])
+            value += np.copysign(2 * self._eps * scale, value)  # the rounding Simon adds
+            omega[k] = value / max(beta, np.finfo(float).tiny)
+        omega[j] = self._eps * scale / max(beta, np.finfo(float).tiny)
+        omega[j + 1] = 1.0
+        self._omega.append(omega)
+        return bool(j and np.max(np.abs(omega[:j])) > np.sqrt(self._eps))
 
     def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
         """Diagonal and off-diagonal of T (steps x steps)."""
@@ -179,7 +221,7 @@ def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dt
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)
     basis_dtype = torch.float64 if tol < PRECISE_BELOW * torch.finfo(dtype).eps else dtype
-    start = torch.randn(size, generator=generator, dtype=torch.float64).to(device=device, dtype=basis_dtype)
+    start = torch.randn(size, generator=generator, dtype=basis_dtype).to(device)
     run = Lanczos(matvec if basis_dtype == dtype else _in_dtype(matvec, dtype), start,
                   reorthogonalise=True, generator=generator)
     reached: list[int | None] = [None] * k

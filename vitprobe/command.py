@@ -74,6 +74,7 @@ class RunContext:
     datasets: dict[str, Batches] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
+    choices: dict[str, dict] = field(default_factory=dict)  # how each model was computed
     previous: Previous | None = None
     _begun: bool = False
     _locked: bool = False
@@ -290,6 +291,7 @@ class RunContext:
             failures=self.failures,
         )
         meta["models_done"] = list(self.done)
+        meta["choices"] = self.choices
         meta["csv_sha256"] = csv_sha
         meta["kept_from_previous"] = self.previous.describe(sorted(set(kept["model"]))) if len(kept) else None
         write_json(meta, self.json_path)

@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "subsets of --num-images images each (K x N images in all), as mean, std "
                             "and a 95%% interval, and a figure of lambda_1 against the number of images; "
                             "replaces the single-set measurements")
+    group.add_argument("--micro-batch", type=int, metavar="M",
+                       help="images per backward in Hessian-vector products (default: the batch; "
+                            "halved on a CUDA out-of-memory error until it fits)")
+    group.add_argument("--allow-tf32", action="store_true",
+                       help="let CUDA use TF32 matmuls in second-order work (default: float32)")
+    group.add_argument("--basis", choices=("auto", "device", "host"), default="auto",
+                       help="where Lanczos keeps its vectors (default: the GPU when they fit)")
     group.add_argument("--keep-graphs", choices=("auto", "yes", "no"), default="auto",
                        help="keep per-batch gradient graphs between products (default: when memory allows)")
 
@@ -96,6 +103,8 @@ def _check(args: argparse.Namespace) -> None:
     for option, (value, least) in counts.items():
         if value < least:
             raise UserError(f"{option} must be at least {least}, got {value}")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        raise UserError(f"--micro-batch must be at least 1, got {args.micro_batch}")
     if args.subsets is not None and args.subsets < 2:
         raise UserError(f"--subsets needs at least 2 subsets, got {args.subsets}")
     if args.top_k < 1 or not (math.isfinite(args.tol) and args.tol > 0) or args.max_iter < 1:
@@ -153,10 +162,12 @@ def run(ctx: RunContext) -> None:
             data = ctx.data(model)
             extra = _labels(model)
             ctx.log(f"sharpness: {model.label} on {data.num_images} images")
-            operator = HessianOperator(model, data, params=args.params, keep_graphs=keep)
+            operator = HessianOperator(model, data, params=args.params, keep_graphs=keep,
+                                       micro_batch=args.micro_batch, allow_tf32=args.allow_tf32)
             spectrum = hessian_spectrum(model, k=args.top_k, tol=args.tol, method=args.method,
                                         max_iter=args.max_iter, params=args.params, seed=args.seed,
-                                        operator=operator)
+                                        operator=operator, basis=args.basis)
+            ctx.choices[model.label] = spectrum.choices
             spectra.append(spectrum)
             ctx.add_rows(spectrum.to_frame().assign(**extra))
             row = {"model": model.label, **extra, "data": data.spec, "loss": spectrum.loss,

@@ -38,21 +38,27 @@ PRECISE_BELOW = 100  # a tol under this many epsilons of the operator's dtype ne
 
 
 class _Basis:
-    """The Lanczos vectors, stored in chunks so the basis grows without copying."""
+    """The Lanczos vectors, stored in chunks so the basis grows without copying; on the vectors'
+    device, or on the host (``host``) when it would not fit there."""
 
-    def __init__(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.size, self.dtype, self.device = size, dtype, device
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, host: bool = False) -> None:
+        self.size, self.dtype, self.device, self.host = size, dtype, device, host
+        self.storage = torch.device("cpu") if host else device
         self.chunks: list[torch.Tensor] = []
         self.count = 0
 
     def append(self, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """Store v / scale as the next vector (one pass, no temporary); return the stored row."""
+        """Store v / scale as the next vector; return it on the vectors' device (on the device:
+        the stored row itself, written in one pass)."""
         if self.count % CHUNK == 0:
-            self.chunks.append(torch.empty(CHUNK, self.size, dtype=self.dtype, device=self.device))
+            self.chunks.append(torch.empty(CHUNK, self.size, dtype=self.dtype, device=self.storage))
         row = self.chunks[-1][self.count % CHUNK]
-        torch.div(v, scale, out=row)
         self.count += 1
-        return row
+        if not self.host:
+            return torch.div(v, scale, out=row)
+        vector = v / scale
+        row.copy_(vector)
+        return vector
 
     def _filled(self):
         for i, chunk in enumerate(self.chunks):
@@ -61,9 +67,10 @@ class _Basis:
 
     def project_out(self, w: torch.Tensor) -> torch.Tensor:
         """w minus its projection on the basis (one classical Gram-Schmidt pass)."""
+        stored = w.to(self.storage)
         for block in self._filled():
-            w = w - block.T @ (block @ w)
-        return w
+            stored = stored - block.T @ (block @ stored)
+        return stored.to(self.device)
 
     def orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
         """One pass, and a second when the first removed most of w (DGKS 1976)."""
@@ -73,8 +80,8 @@ class _Basis:
 
     def combine(self, coefficients: np.ndarray) -> torch.Tensor:
         """V^T c for each column c of ``coefficients`` (count x r): the Ritz vectors, as rows."""
-        c = torch.as_tensor(coefficients, dtype=self.dtype, device=self.device)
-        out = torch.zeros(c.shape[1], self.size, dtype=self.dtype, device=self.device)
+        c = torch.as_tensor(coefficients, dtype=self.dtype, device=self.storage)
+        out = torch.zeros(c.shape[1], self.size, dtype=self.dtype, device=self.storage)
         start = 0
         for block in self._filled():
             rows = min(block.shape[0], c.shape[0] - start)
@@ -82,7 +89,7 @@ class _Basis:
                 break
             out += c[start:start + rows].T @ block[:rows]
             start += rows
-        return out
+        return out.to(self.device)
 
 
 @dataclass
@@ -101,10 +108,12 @@ class Lanczos:
     alphas: list[float] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     reorthogonalised: int = 0
+    host_basis: bool = False
 
     def __post_init__(self) -> None:
         self.size = self.start.numel()
-        self.basis = _Basis(self.size, self.start.dtype, self.start.device) if self.reorthogonalise else None
+        self.basis = (_Basis(self.size, self.start.dtype, self.start.device, self.host_basis)
+                      if self.reorthogonalise else None)
         scale = norm(self.start)
         v = self.basis.append(self.start, scale) if self.basis is not None else self.start / scale
         self._v, self._previous = v, torch.zeros_like(v)
@@ -203,6 +212,7 @@ class Eigenpairs:
     hvps: np.ndarray  # products spent when each pair last reached the tolerance
     total_hvps: int
     converged: bool
+    choices: dict = field(default_factory=dict)  # where and in which dtype the basis was kept
 
 
 def _in_dtype(matvec: Matvec, dtype: torch.dtype) -> Matvec:
@@ -212,18 +222,34 @@ def _in_dtype(matvec: Matvec, dtype: torch.dtype) -> Matvec:
     return product
 
 
+def basis_on_host(size: int, steps: int, dtype: torch.dtype, device: torch.device,
+                  basis: str = "auto") -> bool:
+    """Whether the basis goes to the host: ``basis`` "host", or "auto" on a GPU whose free memory
+    is less than twice the ``steps`` vectors of ``size``."""
+    if basis not in ("auto", "device", "host"):
+        raise ValueError(f"basis must be 'auto', 'device' or 'host', got {basis!r}")
+    if basis != "auto" or device.type != "cuda":
+        return basis == "host"
+    need = (steps + CHUNK) * size * torch.finfo(dtype).bits // 8
+    return need > torch.cuda.mem_get_info(device)[0] / 2
+
+
 def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtype: torch.dtype,
-                device: torch.device, seed: int = 0) -> Eigenpairs:
-    """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with full
+                device: torch.device, seed: int = 0, basis: str = "auto") -> Eigenpairs:
+    """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with partial
     reorthogonalisation; stops when every wanted Ritz pair has ||H y - theta y|| / |theta| < tol.
+    ``basis``: keep the Lanczos vectors on the device, on the host, or ("auto") on the host only
+    when they would not fit on the GPU.
     """
     if not 1 <= k <= size:
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)
     basis_dtype = torch.float64 if tol < PRECISE_BELOW * torch.finfo(dtype).eps else dtype
     start = torch.randn(size, generator=generator, dtype=basis_dtype).to(device)
+    host = basis_on_host(size, max_iter, basis_dtype, device, basis)
     run = Lanczos(matvec if basis_dtype == dtype else _in_dtype(matvec, dtype), start,
-                  reorthogonalise=True, generator=generator)
+                  reorthogonalise=True, generator=generator, host_basis=host)
+    choices = {"basis": "host" if host else "device", "basis_dtype": str(basis_dtype).replace("torch.", "")}
     reached: list[int | None] = [None] * k
     while True:
         run.step()
@@ -241,4 +267,5 @@ def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dt
         if done or run.exhausted or run.steps >= max_iter:
             vectors = run.basis.combine(s[:, top]).to(dtype)
             hvps = np.array([r if r is not None else run.steps for r in reached[:len(top)]])
-            return Eigenpairs(theta[top], vectors, relative, hvps, run.steps, bool(done or run.exhausted))
+            return Eigenpairs(theta[top], vectors, relative, hvps, run.steps, bool(done or run.exhausted),
+                              {**choices, "reorthogonalised_steps": run.reorthogonalised})

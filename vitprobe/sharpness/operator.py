@@ -5,12 +5,20 @@ mode, attention on the math path. A Hessian-vector product is a double backward 
 g = grad(L, w, create_graph=True), then Hv = grad(g, w, grad_outputs=v). When memory allows the
 per-batch gradient graphs are kept after the first pass, so each product costs one extra backward
 instead of a forward, a backward and a double backward per batch.
+
+Memory degrades instead of failing: kept graphs are used only when they fit ("auto"); on a CUDA
+out-of-memory error the operator drops them and recomputes per batch, and when one batch is still
+too large it splits the batches (``micro_batch`` images per backward, halved until it fits): the
+Hessian of the mean loss does not depend on how the images are batched (BatchNorm is in eval
+mode). Second-order work runs in float32 with TF32 matmuls off unless ``allow_tf32``. What was
+chosen is in ``choices`` (the command writes it to the run's JSON).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -40,13 +48,18 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module | LoadedModel, data: DataLike, loss_fn: LossFn | None = None,
-                 params: ParamFilter = None, keep_graphs: KeepGraphs = "auto") -> None:
+                 params: ParamFilter = None, keep_graphs: KeepGraphs = "auto",
+                 micro_batch: int | None = None, allow_tf32: bool = False) -> None:
+        if micro_batch is not None and micro_batch < 1:
+            raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
         self.loaded = as_loaded(model)
         self.module = self.loaded.module
         self.loss_fn = loss_fn or cross_entropy
         batches = as_batches(data)
         self.num_images = batches.num_images
-        self.batches = local_share(batches)
+        self.micro_batch = micro_batch
+        self.allow_tf32 = allow_tf32
+        self.batches = self._split(local_share(batches))
         named = select_parameters(self.module, params)
         self.param_names = [name for name, _ in named]
         self.params = [p for _, p in named]
@@ -56,7 +69,54 @@ class HessianOperator:
         self.hvps = 0
         self._kept: list[torch.Tensor] | None = None
         self._kept_params: list[torch.Tensor] = []
-        self.keep_graphs = self._build(keep_graphs)
+        self._keep_request = keep_graphs
+        self.keep_graphs = self._degrading(lambda: self._build(self._keep_request))
+
+    @property
+    def choices(self) -> dict:
+        """How the products are computed: kept graphs, images per backward, TF32."""
+        return {"keep_graphs": self.keep_graphs, "micro_batch": self.micro_batch,
+                "allow_tf32": self.allow_tf32, "device": str(self.device)}
+
+    def _split(self, batches: Sequence) -> list:
+        """The batches re-cut to ``micro_batch`` images at most (each keeps its images' order)."""
+        if self.micro_batch is None:
+            return list(batches)
+        return [(x[i:i + self.micro_batch], y[i:i + self.micro_batch]) for x, y in batches
+                for i in range(0, len(x), self.micro_batch)]
+
+    def _degrading(self, work):
+        """Run ``work``; on out-of-memory give up the kept graphs first, then halve the batches,
+        and retry; out of memory at one image per backward is raised."""
+        while True:
+            try:
+                with self._precision():
+                    return work()
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                largest = max(len(x) for x, _ in self.batches)
+                if self._keep_request is not False:
+                    self._keep_request = False
+                    self.release()
+                elif largest > 1:
+                    self.micro_batch = largest // 2
+                    self.batches = self._split(self.batches)
+                else:
+                    raise
+
+    @contextmanager
+    def _precision(self) -> Iterator[None]:
+        """TF32 matmuls off (unless ``allow_tf32``) while second-order work runs on CUDA."""
+        if self.device.type != "cuda":
+            yield
+            return
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.allow_tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -129,7 +189,7 @@ class HessianOperator:
     def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """H v for ``v`` given as per-parameter tensors; returns per-parameter tensors."""
         vs = [v.to(device=self.device, dtype=self.dtype) for v in vs]
-        local = self._local_hvp(vs)
+        local = self._degrading(lambda: self._local_hvp(vs))
         flat = distributed.all_reduce_sum(flatten(local)) / self.num_images
         self.hvps += 1
         return unflatten(flat, self.params)

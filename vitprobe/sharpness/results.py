@@ -53,6 +53,7 @@ class SpectrumResult(_Common):
     loss: float = float("nan")
     param_names: list[str] = field(default_factory=list)
     eigenvectors: list[list[torch.Tensor]] = field(default_factory=list)
+    choices: dict = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return tidy([{**self._base(), "metric": "eigenvalue", "value": float(v), "k": i + 1,

@@ -45,7 +45,7 @@ def hessian_spectrum(model: nn.Module | LoadedModel, data: DataLike | None = Non
                      tol: float = 1e-3, method: Method = "lanczos", max_iter: int = 100,
                      params: ParamFilter = None, loss_fn: LossFn | None = None,
                      keep_graphs: KeepGraphs = "auto", seed: int = 0,
-                     operator: HessianOperator | None = None) -> SpectrumResult:
+                     operator: HessianOperator | None = None, basis: str = "auto") -> SpectrumResult:
     """The k largest eigenvalues of the Hessian of the mean loss, with eigenvectors.
 
     ``method``: ``"lanczos"`` (default; full reorthogonalisation, stops when every wanted Ritz pair
@@ -54,8 +54,10 @@ def hessian_spectrum(model: nn.Module | LoadedModel, data: DataLike | None = Non
     ``"pyhessian"`` (PyHessian's own ``hessian.eigenvalues``, stopping on a relative change below
     tol; residuals are then measured with k extra products that are not counted in ``hvps``).
     ``params`` restricts the Hessian to a block: a regular expression on parameter names or a
-    callable ``(name, parameter) -> bool``. Under ``torchrun`` each rank takes a shard of the
-    batches and the products are all-reduced, so every rank gets the single-process answer.
+    callable ``(name, parameter) -> bool``. ``basis`` places Lanczos's vectors: "device", "host", or
+    "auto" (the host when they would not fit on the GPU). Under ``torchrun`` each rank takes a shard
+    of the batches and the products are all-reduced, so every rank gets the single-process answer.
+    ``choices`` in the result records how products and basis were kept.
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -70,15 +72,17 @@ def hessian_spectrum(model: nn.Module | LoadedModel, data: DataLike | None = Non
         if distributed.is_distributed():
             raise UserError("--method pyhessian runs in one process: PyHessian has no torchrun support")
         return _pyhessian_spectrum(loaded, op, k, tol, max_iter, seed, describe(params))
-    solver = lanczos_top if method == "lanczos" else power_top
     before = op.hvps
-    pairs = solver(op.matvec, op.size, k, tol, max_iter, op.dtype, op.device, seed=seed)
+    if method == "lanczos":
+        pairs = lanczos_top(op.matvec, op.size, k, tol, max_iter, op.dtype, op.device, seed=seed, basis=basis)
+    else:
+        pairs = power_top(op.matvec, op.size, k, tol, max_iter, op.dtype, op.device, seed=seed)
     return SpectrumResult(
         model=loaded.label, seconds=time.perf_counter() - started, num_images=op.num_images,
         num_params=op.size, params=describe(params), method=method, eigenvalues=pairs.values,
         residuals=pairs.residuals, hvps=pairs.hvps, total_hvps=op.hvps - before, tol=tol,
         converged=pairs.converged, loss=op.loss, param_names=list(op.param_names),
-        eigenvectors=[op.split(v) for v in pairs.vectors])
+        eigenvectors=[op.split(v) for v in pairs.vectors], choices={**op.choices, **pairs.choices})
 
 
 def _pyhessian_spectrum(loaded: LoadedModel, op: HessianOperator, k: int, tol: float, max_iter: int,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vitprobe.cli import main
+from vitprobe.errors import UserError
 from vitprobe.studies.recipe import line_of, parse_recipe
 from vitprobe.studies.runner import analysis_argv, analysis_settings
 
@@ -88,7 +89,8 @@ def test_bad_recipes_fail_with_one_line_naming_the_place(tmp_path, capsys, text,
 
 
 def test_missing_recipe_file(tmp_path, capsys) -> None:
-    assert "no recipe at" in _run_error(tmp_path / "absent.toml", capsys)
+    err = _run_error(tmp_path / "absent.toml", capsys)
+    assert f"no recipe '{tmp_path / 'absent.toml'}'" in err and "shipped recipes (demo, sam" in err
 
 
 def test_missing_weights_and_data_are_named_together(tmp_path, capsys, monkeypatch) -> None:
@@ -111,12 +113,30 @@ data_help = "ImageNet validation images, one subfolder per class"
     assert "no weights for resnet18.a1_in1k" in err
 
 
-def test_shipped_recipes_parse() -> None:
-    folder = Path(__file__).resolve().parents[1] / "analyses"
-    recipes = sorted(folder.glob("*.toml"))
-    assert any(p.name == "demo.toml" for p in recipes)
-    for path in recipes:
-        assert parse_recipe(path).analyses
+def test_shipped_recipes_parse_and_are_found_by_name() -> None:
+    from vitprobe.studies.recipe import recipe_path, shipped_recipes
+
+    assert shipped_recipes() == ["demo", "sam", "vit_vs_resnet"]
+    for name in shipped_recipes():
+        assert parse_recipe(recipe_path(name)).analyses
+        assert recipe_path(f"{name}.toml") == recipe_path(name)
+    with pytest.raises(UserError, match="no recipe 'dmeo'.*demo, sam, vit_vs_resnet"):
+        recipe_path("dmeo")
+
+
+def test_the_wheel_ships_the_recipes(tmp_path) -> None:
+    """A regular install has the recipes: build the wheel as pip does and look inside."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("vitprobe-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for recipe in ("demo", "sam", "vit_vs_resnet"):
+        assert f"vitprobe/studies/recipes/{recipe}.toml" in names
 
 
 def test_line_of_finds_sections_and_keys() -> None:

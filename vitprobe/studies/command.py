@@ -13,7 +13,7 @@ from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.report.files import write_text
 from vitprobe.studies.pivot import FORMATTERS, pivot, read_parameters, read_runs
-from vitprobe.studies.recipe import Recipe, parse_recipe
+from vitprobe.studies.recipe import Recipe, parse_recipe, recipe_path
 from vitprobe.studies.runner import Outcome, copy_gallery, run_recipe
 
 # shared options that, given to `run` or `demo`, override every analysis of the recipe
@@ -59,12 +59,13 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", type=Path, help="a study recipe (TOML), e.g. analyses/demo.toml")
+    parser.add_argument("recipe", help="a study recipe: a TOML file, or the name of a shipped one "
+                                       "(demo, vit_vs_resnet, sam)")
     add_study_arguments(parser)
 
 
 def run_study(ctx: RunContext) -> None:
-    recipe = parse_recipe(ctx.args.recipe)
+    recipe = parse_recipe(recipe_path(ctx.args.recipe))
     execute(ctx, recipe, Path("vitprobe-out") / recipe.path.stem)
 
 
@@ -109,8 +110,8 @@ def report(ctx: RunContext) -> None:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from vitprobe.studies.demo import DEMO_RECIPE
 
-    parser.add_argument("--recipe", type=Path, default=DEMO_RECIPE,
-                        help=f"the demo study (default: {DEMO_RECIPE})")
+    parser.add_argument("--recipe", default=DEMO_RECIPE,
+                        help="the demo study: a TOML file or a shipped recipe's name (default: demo)")
     add_study_arguments(parser)
 
 

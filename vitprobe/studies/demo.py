@@ -11,19 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitprobe.errors import UserError
-from vitprobe.studies.recipe import Recipe, parse_recipe
+from vitprobe.studies.recipe import SHIPPED, Recipe, parse_recipe, recipe_path
 from vitprobe.studies.runner import Outcome
 
-DEMO_RECIPE = Path(__file__).resolve().parents[2] / "analyses" / "demo.toml"
+DEMO_RECIPE = SHIPPED / "demo.toml"
 PAIRS = (("demo:vit", "demo:vit-sam"), ("demo:resnet", "demo:resnet-sam"))
 
 
-def demo_recipe(path: Path = DEMO_RECIPE) -> Recipe:
-    if not path.is_file():
-        raise UserError(f"the demo recipe {path} is missing: it ships with the source tree "
-                        "(analyses/demo.toml); pass --recipe PATH")
-    return parse_recipe(path)
+def demo_recipe(path: str | Path = DEMO_RECIPE) -> Recipe:
+    """The demo study: the recipe shipped in the package unless another is given."""
+    return parse_recipe(recipe_path(path))
 
 
 def _read(out: Path, name: str) -> pd.DataFrame | None:

@@ -98,6 +98,26 @@ class Recipe:
         return "shapes:train" if data == "shapes" else data
 
 
+SHIPPED = Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes that ship inside the package (``demo``, ``vit_vs_resnet``, ...)."""
+    return sorted(path.stem for path in SHIPPED.glob("*.toml"))
+
+
+def recipe_path(spec: str | Path) -> Path:
+    """A recipe file: ``spec`` itself when it is a file, else the shipped recipe of that name."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = SHIPPED / f"{path.stem if path.suffix == '.toml' else path.name}.toml"
+    if shipped.is_file() and path.parent == Path("."):
+        return shipped
+    raise UserError(f"no recipe {str(spec)!r}: give a TOML file or one of the shipped recipes "
+                    f"({', '.join(shipped_recipes())})")
+
+
 class RecipeError(UserError):
     """A recipe that cannot be run as written: ``path:line: message``."""
 

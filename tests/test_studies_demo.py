@@ -51,3 +51,17 @@ def test_findings_with_nothing_measured(tmp_path: Path) -> None:
     text = "\n".join(findings(tmp_path, []))
     for name in ("accuracy", "sharpness", "attention", "receptive fields"):
         assert f"{name}: not measured" in text
+
+
+def test_the_shipped_demo_runs_every_analysis(tmp_path, capsys) -> None:
+    """The real demo study, small: every analysis of the shipped recipe runs on the real zoo (a
+    recipe setting that a command refuses, such as an attention method on a CNN, fails here)."""
+    import json
+
+    from vitprobe.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-images", "8", "--quiet"]) == 0, capsys.readouterr().err
+    for analysis in ("evaluate", "throughput", "sharpness", "attention", "receptive-field", "landscape"):
+        assert json.loads((out / f"{analysis}.json").read_text())["status"] == "complete", analysis
+    assert "ViT" in capsys.readouterr().out

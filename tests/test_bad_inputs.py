@@ -474,3 +474,27 @@ def test_bad_input_is_one_line_and_exit_2(name, files, tmp_path, capsys) -> None
     assert not files["marker"].exists(), "a pickle payload ran"
     assert _files_outside(files["root"], tmp_path / "out") == before
     assert {p.name for p in tmp_path.iterdir()} <= {"out"}
+
+
+def test_damaged_cached_weights_are_named_as_damaged(tmp_path) -> None:
+    """A truncated model.safetensors in the Hugging Face cache is not "missing": the file is named
+    and called damaged (a real cache layout: refs/main and a snapshot)."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--timm--test_vit.r160_in1k"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(timm.create_model("test_vit").state_dict(), str(tmp_path / "whole.safetensors"))
+    whole = (tmp_path / "whole.safetensors").read_bytes()
+    (snapshot / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "vitprobe", "throughput", "--model", "test_vit.r160_in1k",
+                          "--out", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "cached weights of test_vit.r160_in1k are damaged" in lines[0] and "model.safetensors" in lines[0]

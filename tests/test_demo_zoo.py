@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -82,6 +83,35 @@ def test_demo_models_are_cached_after_first_use(tiny_zoo):
 
 
 @pytest.mark.parametrize("name", list(demo.DEMO_ZOO))
-def test_trained_demo_zoo_is_well_above_chance(name):
-    loaded = load_model(f"demo:{name}")  # the real zoo, trained once per machine and cached
-    assert loaded.info["test_accuracy"] >= 0.5  # chance is 0.25
+def test_the_shipped_zoo_loads_and_reaches_its_recorded_accuracy(name, monkeypatch, tmp_path):
+    """The shipped weights are used (nothing is trained: the cache stays empty), the file is the one
+    its record's SHA-256 names, and its test accuracy, measured again, is the recorded one."""
+    from vitprobe.report.files import sha256_file
+
+    monkeypatch.setenv("VITPROBE_CACHE", str(tmp_path))
+    loaded = load_model(f"demo:{name}")
+    assert loaded.checkpoint == str(demo.shipped_path(name)) and not any(tmp_path.iterdir())
+    record = json.loads(demo.shipped_path(name).with_suffix(".json").read_text())
+    assert record["sha256"] == sha256_file(demo.shipped_path(name)) == loaded.checkpoint_sha256
+    assert record["recipe"] == asdict(demo.DEMO_ZOO[name]) and record["recipe"]["version"] == 2
+    assert demo.test_accuracy(loaded.module) == pytest.approx(record["test_accuracy"])
+    assert record["test_accuracy"] > 0.9  # chance is 0.25
+    assert loaded.input_size == (64, 64)
+
+
+def test_shipped_weights_are_small():
+    total = sum(path.stat().st_size for path in demo.SHIPPED.iterdir())
+    assert total < 10 * 2**20 and len(list(demo.SHIPPED.glob("*.safetensors"))) == len(demo.DEMO_ZOO)
+
+
+def test_retrain_on_a_shortened_schedule_is_deterministic(tiny_zoo, capsys):
+    from vitprobe.cli import main
+
+    for out in ("first", "second"):
+        assert main(["models", "--retrain", "--only", "resnet", "vit", "--steps", "3",
+                     "--out", str(tiny_zoo / out), "--quiet"]) == 0
+    for name in ("resnet", "vit"):
+        first = json.loads((tiny_zoo / "first" / f"{name}.json").read_text())
+        second = json.loads((tiny_zoo / "second" / f"{name}.json").read_text())
+        assert first["sha256"] == second["sha256"] and first["recipe"]["steps"] == 3
+    assert "largest weight difference" in capsys.readouterr().out

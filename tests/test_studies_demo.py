@@ -45,6 +45,12 @@ def test_findings_state_the_measured_comparisons(tmp_path: Path) -> None:
     assert "demo:vit: rollout_top10_mass = 0.420" in text
     assert "mean attention distance by layer (px, mean over heads): 5.0, 11.0" in text
     assert "receptive fields: not measured (no receptive-field.csv)" in text
+    # the literature beside the measurement, agreement as measured
+    assert ("ViTs sit in sharper minima than ResNets (Chen, Hsieh & Gong 2021: lambda_max 738.8 for "
+            "ViT-B/16 vs 179.8 for ResNet-152): this run agrees (lambda_1 40 vs 10)") in text
+    assert "SAM finds flatter minima (vit) (Foret et al. 2020; Chen, Hsieh & Gong 2021): this run agrees" in text
+    assert "SAM finds flatter minima (resnet) (Foret et al. 2020; Chen, Hsieh & Gong 2021): this run does NOT agree" in text
+    assert "attention distance grows with depth (demo:vit) (Dosovitskiy et al. 2020, Fig. 7): this run agrees" in text
 
 
 def test_findings_with_nothing_measured(tmp_path: Path) -> None:

@@ -1,35 +1,73 @@
-"""``vitprobe models``: the spec forms, and the demo zoo with its cache state."""
+"""``vitprobe models``: the spec forms, and the demo zoo (``--retrain`` reproduces it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from safetensors.torch import load_file
 
 from vitprobe.command import Command, RunContext
-from vitprobe.models.demo import DEMO_ZOO, weights_path
+from vitprobe.errors import UserError
+from vitprobe.models import demo
+from vitprobe.models.demo import DEMO_ZOO, cache_dir, shipped_path
 from vitprobe.models.specs import SPEC_FORMS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No options of its own."""
+    group = parser.add_argument_group("demo zoo")
+    group.add_argument("--retrain", action="store_true",
+                       help="train the demo zoo again with its deterministic recipes (into --out, "
+                            "default the cache) and report the difference from the shipped weights")
+    group.add_argument("--only", nargs="+", choices=tuple(DEMO_ZOO), metavar="NAME",
+                       help="retrain only these demo models")
+    group.add_argument("--steps", type=int, metavar="N",
+                       help="train N steps instead of each recipe's (a quick check, not the zoo)")
+
+
+def _record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def retrain(ctx: RunContext) -> None:
+    args = ctx.args
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be positive, got {args.steps}")
+    folder = args.out if "--out" in " ".join(ctx.argv) else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in args.only or demo.DEMO_ZOO:
+        ctx.log(f"training demo:{name} into {folder}")
+        path, record = demo.train_into(name, folder, args.steps)
+        shipped = shipped_path(name)
+        line = f"demo:{name}: test accuracy {record['test_accuracy']:.1%} in {record['train_seconds']:.0f} s"
+        if shipped.exists() and shipped != path:
+            before = load_file(str(shipped))
+            after = load_file(str(path))
+            largest = max(float((before[k].float() - after[k].float()).abs().max()) for k in before)
+            line += (f"; shipped {(_record(shipped) or {}).get('test_accuracy', float('nan')):.1%}, "
+                     f"largest weight difference {largest:.3g}"
+                     + (" (identical)" if record["sha256"] == (_record(shipped) or {}).get("sha256") else ""))
+        print(line, flush=True)
 
 
 def run(ctx: RunContext) -> None:
+    if ctx.args.retrain:
+        retrain(ctx)
+        return
     print("Model specs (--model SPEC, repeatable):")
     for form, meaning in SPEC_FORMS:
-        print(f"  {form:<20} {meaning}")
-    print("\nDemo zoo (trained on first use on the embedded 'shapes' data):")
+        print(f"  {form:<28} {meaning}")
+    print("\nDemo zoo (shipped with the package, trained on the embedded 'shapes' data):")
     for name, recipe in DEMO_ZOO.items():
-        path = weights_path(name)
-        record_path = path.with_suffix(".json")
-        if record_path.exists():
-            record = json.loads(record_path.read_text())
-            state = f"cached, test accuracy {record['test_accuracy']:.1%}"
-        else:
-            state = "not trained yet"
-        print(f"  demo:{name:<12} timm {recipe.architecture}, {recipe.optimizer}, "
-              f"{recipe.steps} steps: {state}")
+        record = _record(shipped_path(name))
+        state = (f"shipped, test accuracy {record['test_accuracy']:.1%}" if record
+                 else "not shipped: trained on first use")
+        print(f"  demo:{name:<12} timm {recipe.architecture}, {recipe.optimizer}, {recipe.steps} steps: {state}")
 
 
-COMMANDS = [Command(name="models", help="list the model spec forms and the demo zoo",
+COMMANDS = [Command(name="models", help="list the model spec forms and the demo zoo; --retrain reproduces the zoo",
                     add_arguments=add_arguments, run=run, default_models=())]

@@ -1,8 +1,14 @@
 """The embedded demo zoo: a small timm ViT and ResNet trained on ``shapes``, with AdamW or SAM.
 
-Models are trained on first use (deterministically for the seed) and cached as
-safetensors with a JSON record of their training in ``$VITPROBE_CACHE/demo`` (default
-``~/.cache/vitprobe/demo``). A file lock makes concurrent processes train a model once.
+The trained weights ship inside the package (``vitprobe/models/zoo``: safetensors and a JSON
+record of the recipe, seed, test accuracy and SHA-256), so no run trains anything. They are made
+by this module's own deterministic training (``vitprobe models --retrain``, which trains into
+``$VITPROBE_CACHE/demo``, default ``~/.cache/vitprobe/demo``, and reports the difference from the
+shipped weights). A model whose recipe has no shipped weights is trained on first use and
+cached there; a file lock makes concurrent processes train it once.
+
+Sizes (zoo v2) are chosen so that maps mean something: 64-pixel images, an 8x8 patch grid for
+the ViT, and a ResNet with output stride 16 (its last stage, the Grad-CAM layer, is 4x4).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +33,9 @@ from torch import nn
 from vitprobe.data.shapes import CLASS_NAMES, render_shapes
 from vitprobe.models.sam_optimizer import SAM, frozen_batchnorm_stats
 from vitprobe.progress import log, progress
-from vitprobe.report.files import atomic_write, write_json
+from vitprobe.report.files import atomic_write, sha256_file, write_json
 
-RESOLUTION = 32
+RESOLUTION = 64
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -45,10 +51,11 @@ class DemoRecipe:
     weight_decay: float = 0.05
     warmup: int = 50
     batch_size: int = 64
-    train_images: int = 8000
+    train_images: int = 16000
     rho: float = 0.05
     seed: int = 0
-    version: int = 1
+    flip: bool = True  # random horizontal flips: the only augmentation
+    version: int = 2
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -57,11 +64,12 @@ class DemoRecipe:
 # AdamW and SAM take the same number of steps (SAM's cost twice as much), so that the
 # sharpness comparison is not confounded by training length.
 DEMO_ZOO: dict[str, DemoRecipe] = {
-    "vit": DemoRecipe("vit", "adamw", steps=1000, lr=2e-3),
-    "resnet": DemoRecipe("resnet", "adamw", steps=500, lr=2e-3),
-    "vit-sam": DemoRecipe("vit", "sam", steps=1000, lr=2e-3, rho=0.1),
-    "resnet-sam": DemoRecipe("resnet", "sam", steps=500, lr=2e-3, rho=0.1),
+    "vit": DemoRecipe("vit", "adamw", steps=6000, lr=3e-3, warmup=100),
+    "resnet": DemoRecipe("resnet", "adamw", steps=1500, lr=2e-3),
+    "vit-sam": DemoRecipe("vit", "sam", steps=6000, lr=3e-3, warmup=100, rho=0.1),
+    "resnet-sam": DemoRecipe("resnet", "sam", steps=1500, lr=2e-3, rho=0.1),
 }
+SHIPPED = Path(__file__).resolve().parent / "zoo"
 
 
 def build_architecture(architecture: str) -> nn.Module:
@@ -71,7 +79,7 @@ def build_architecture(architecture: str) -> nn.Module:
                                   num_heads=4, mlp_ratio=2.0, num_classes=len(CLASS_NAMES))
     elif architecture == "resnet":
         model = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), stem_width=16,
-                       num_classes=len(CLASS_NAMES))
+                       num_classes=len(CLASS_NAMES), output_stride=16)
     else:
         raise ValueError(f"unknown demo architecture {architecture!r}")
     model.pretrained_cfg = {
@@ -138,6 +146,9 @@ def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
         index = order[position:position + recipe.batch_size]
         position += recipe.batch_size
         x, y = images[index], labels[index]
+        if recipe.flip:
+            flipped = torch.rand(len(x), generator=generator) < 0.5
+            x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, recipe)
         optimizer.zero_grad(set_to_none=True)
@@ -159,21 +170,44 @@ def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
     return model, record
 
 
+def shipped_path(name: str) -> Path:
+    return SHIPPED / f"{name}.safetensors"
+
+
+def _record_matches(record_path: Path, name: str) -> bool:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("recipe") == asdict(DEMO_ZOO[name])
+
+
+def train_into(name: str, folder: Path, steps: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train demo model ``name`` (``steps`` overrides the recipe's, for short checks) and write
+    ``folder/<name>.safetensors`` with its JSON record (recipe, seed, test accuracy, SHA-256)."""
+    recipe = DEMO_ZOO[name] if steps is None else replace(DEMO_ZOO[name], steps=steps)
+    model, record = train(recipe)
+    path = folder / f"{name}.safetensors"
+    atomic_write(path, lambda tmp: save_file(model.state_dict(), str(tmp)))
+    record["sha256"] = sha256_file(path)
+    write_json(record, path.with_suffix(".json"))
+    return path, record
+
+
 def load_demo(name: str) -> tuple[nn.Module, dict[str, Any], Path]:
-    """The trained demo model ``name`` (training and caching it on first use)."""
-    recipe = DEMO_ZOO[name]
-    path = weights_path(name)
-    record_path = path.with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path.exists() and record_path.exists()):
-            log(f"training demo:{name} (first use; cached in {path.parent})")
-            model, record = train(recipe)
-            atomic_write(path, lambda tmp: save_file(model.state_dict(), str(tmp)))
-            write_json(record, record_path)
-            log(f"demo:{name}: test accuracy {record['test_accuracy']:.1%} "
-                f"after {record['train_seconds']:.0f} s")
-    model = build_architecture(recipe.architecture)
+    """The trained demo model ``name``: the shipped weights when their recipe is the current one,
+    else trained on first use and cached."""
+    path = shipped_path(name)
+    if not (path.exists() and _record_matches(path.with_suffix(".json"), name)):
+        path = weights_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (path.exists() and _record_matches(path.with_suffix(".json"), name)):
+                log(f"training demo:{name} (no shipped weights for its recipe; cached in {path.parent})")
+                trained, record = train(DEMO_ZOO[name])
+                atomic_write(path, lambda tmp: save_file(trained.state_dict(), str(tmp)))
+                write_json({**record, "sha256": sha256_file(path)}, path.with_suffix(".json"))
+    model = build_architecture(DEMO_ZOO[name].architecture)
     model.load_state_dict(load_file(str(path)))
-    return model.eval(), json.loads(record_path.read_text()), path
+    return model.eval(), json.loads(path.with_suffix(".json").read_text()), path

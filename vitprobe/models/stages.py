@@ -8,7 +8,8 @@ in execution order, every module output that is a (B, C, H, W) map whose stride 
 along both axes (channels-last tensors inside ConvNeXt blocks are not maps); recording stops at
 the first pooling to 1x1 or the first output that is no longer a map. A model whose own output
 is a map (a feature extractor) has itself, ``""``, as its last stage.
-Among the maps of one resolution the stage is the outermost module, the last to finish; maps
+Among the maps of one resolution the stage is the outermost module that finishes last (the model's
+own blocks when several share a resolution, as a dilated network's layer3 and layer4); maps
 deeper than the stages before them (a squeeze-excitation's 1x1 maps) are not stages, and when
 some stages are blocks, single layers (a stem's activation) are not stages either; nor is a
 module called more than once per forward (the captum tutorial's shared pooling layer).
@@ -40,6 +41,10 @@ def _is_map(output: object, input_size: tuple[int, int]) -> bool:
     h, w = int(output.shape[2]), int(output.shape[3])
     return 0 < h <= input_size[0] and 0 < w <= input_size[1] and (
         round(input_size[0] / h) == round(input_size[1] / w))
+
+
+def _has_children(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
 
 
 @torch.no_grad()
@@ -83,10 +88,14 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
     trunk_depth = None
     for grid, entries in groups.items():
         outer = min(depth[sub] for sub, _ in entries)
-        sub, channels = [entry for entry in entries if depth[entry[0]] == outer][-1]
         if trunk_depth is not None and outer > trunk_depth:
             continue  # maps inside a block (a squeeze-excitation's 1x1), not a stage of the trunk
         trunk_depth = outer if trunk_depth is None else max(trunk_depth, outer)
-        stages.append(Stage(names[sub], channels, grid, round(size[0] / grid[0])))
-    blocks = [stage for stage in stages if any(True for _ in module.get_submodule(stage.name).children())]
+        outermost = [entry for entry in entries if depth[entry[0]] == outer]
+        # the model's own blocks at that resolution (a dilated network's layer3 and layer4 share
+        # one), else the last module to finish there
+        blocks = [entry for entry in outermost if outer == 1 and _has_children(entry[0])]
+        chosen = blocks or outermost[-1:]
+        stages += [Stage(names[sub], channels, grid, round(size[0] / grid[0])) for sub, channels in chosen]
+    blocks = [stage for stage in stages if _has_children(module.get_submodule(stage.name))]
     return blocks or stages

@@ -1,7 +1,8 @@
 """``vitprobe demo``: run the embedded demo study and state what it measured.
 
-Every sentence is read off the CSVs the study produced; nothing is taken from the papers.
-An analysis that did not run (or whose CSV lacks the needed rows) is said to be missing.
+Every measured sentence is read off the CSVs the study produced. The literature's claims are
+quoted beside them, each with whether this run agrees, as measured, never assumed. An analysis
+that did not run (or whose CSV lacks the needed rows) is said to be missing.
 """
 
 from __future__ import annotations
@@ -97,8 +98,60 @@ def receptive_field_facts(out: Path) -> list[str]:
             *lines] if lines else ["receptive fields: no mean_distance rows in receptive-field.csv"]
 
 
+def _claim(text: str, source: str, agrees: bool | None, measured: str) -> str:
+    verdict = "not measured" if agrees is None else ("agrees" if agrees else "does NOT agree")
+    return f"  {text} ({source}): this run {verdict}" + (f" ({measured})" if measured else "")
+
+
+def _per_layer(frame: pd.DataFrame | None, metric: str) -> dict[str, list[float]]:
+    """Per model, ``metric`` averaged over heads, in layer order."""
+    if frame is None:
+        return {}
+    rows = frame[frame["metric"] == metric]
+    return {model: list(group.groupby("layer", sort=False)["value"].mean())
+            for model, group in rows.groupby("model", sort=False)}
+
+
+def literature_claims(out: Path) -> list[str]:
+    """The literature's claims, each beside what this run measured and whether it agrees."""
+    sharpness = _read(out, "sharpness")
+    leading = _values(sharpness, "eigenvalue", k=1) if sharpness is not None else {}
+    lines = ["Against the literature:"]
+    vit, resnet = leading.get("demo:vit"), leading.get("demo:resnet")
+    lines.append(_claim("ViTs sit in sharper minima than ResNets", "Chen, Hsieh & Gong 2021: "
+                        "lambda_max 738.8 for ViT-B/16 vs 179.8 for ResNet-152",
+                        None if vit is None or resnet is None else vit > resnet,
+                        "" if vit is None or resnet is None else f"lambda_1 {vit:.4g} vs {resnet:.4g}"))
+    for base, sam in PAIRS:
+        known = base in leading and sam in leading
+        lines.append(_claim(f"SAM finds flatter minima ({base.split(':')[1]})", "Foret et al. 2020; "
+                            "Chen, Hsieh & Gong 2021", leading[sam] < leading[base] if known else None,
+                            f"lambda_1 {leading[base]:.4g} -> {leading[sam]:.4g}" if known else ""))
+    for model, layers in _per_layer(_read(out, "attention"), "mean_attention_distance").items():
+        lines.append(_claim(f"attention distance grows with depth ({model})", "Dosovitskiy et al. 2020, "
+                            "Fig. 7", layers[-1] > layers[0], f"{layers[0]:.1f} px first layer, "
+                            f"{layers[-1]:.1f} px last"))
+    fields = _read(out, "receptive-field")
+    for model, layers in _per_layer(fields, "mean_distance").items():
+        lines.append(_claim(f"the effective receptive field grows with depth ({model})", "Luo et al. 2016",
+                            layers[-1] > layers[0], f"{layers[0]:.1f} px first layer, {layers[-1]:.1f} px last"))
+    if fields is not None:
+        theory = fields[fields["metric"] == "theoretical_size"]
+        side = fields[(fields["metric"] == "square_side") & (fields["threshold"] == 0.99)]
+        merged = theory.merge(side, on=["model", "layer"], suffixes=("_theory", "_side"))
+        for model, group in merged.groupby("model", sort=False):
+            smaller = bool((group["value_side"] <= group["value_theory"]).all()
+                           and group["value_side"].iloc[-1] < group["value_theory"].iloc[-1])
+            lines.append(_claim(f"the effective receptive field lies within the theoretical one and is "
+                                f"smaller at the last stage ({model})",
+                                "Luo et al. 2016", smaller, f"99 % of the gradient mass within "
+                                f"{group['value_side'].iloc[-1]:.0f} px of a {group['value_theory'].iloc[-1]:.0f} px "
+                                "field at the last stage"))
+    return lines
+
+
 FACTS: tuple[Callable[[Path], list[str]], ...] = (
-    accuracy_facts, sharpness_facts, attention_facts, receptive_field_facts)
+    accuracy_facts, sharpness_facts, attention_facts, receptive_field_facts, literature_claims)
 
 
 def findings(out: Path, outcomes: list[Outcome]) -> list[str]:

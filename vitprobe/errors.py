@@ -9,6 +9,11 @@ class UserError(Exception):
     """
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an exception's message ("" when it has none)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
 def require_finite(value: float, what: str = "the loss", where: str = "") -> float:
     """``value`` if finite; otherwise the user error every command gives for bad weights or data."""
     if value != value or value in (float("inf"), float("-inf")):

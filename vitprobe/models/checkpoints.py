@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, first_line
 
 CHECKPOINT_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -43,13 +43,8 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
             raise unpickling_error(path, error) from None
         except Exception as error:  # whatever torch.load makes of a file that is no checkpoint
             raise UserError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: "
-                            f"{_first_line(error)})") from None
+                            f"{first_line(error) or type(error).__name__})") from None
     return _unwrap(obj, path)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def unpickling_error(path: Path, error: pickle.UnpicklingError) -> UserError:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, first_line
 from vitprobe.models import attention_sites as sites
 from vitprobe.models.checkpoints import load_strict, read_state_dict, timm_filter
 from vitprobe.models.loaded import LoadedModel, describe
@@ -106,9 +106,8 @@ def load_transformers_folder(folder: Path, config: dict[str, Any]) -> tuple[Load
         hf_model = AutoModelForImageClassification.from_pretrained(
             folder, local_files_only=True, attn_implementation="eager")
     except Exception as error:  # transformers' many ways to reject a folder
-        detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise UserError(f"cannot load the transformers model in {folder}: "
-                        f"{type(error).__name__}: {detail}") from None
+                        f"{type(error).__name__}: {first_line(error)}") from None
     module = TransformersClassifier(hf_model).eval()
     size = sites.pair(config.get("image_size", 224))
     mean, std = _preprocessor_stats(folder)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, first_line
 from vitprobe.models import attention_sites as sites
 from vitprobe.models.input_config import FLAGS, InputOverrides, inferred_config, timm_config
 from vitprobe.models.outputs import logits
@@ -234,8 +234,8 @@ def complete(loaded: LoadedModel, check: bool = False) -> LoadedModel:
         with sites.mha_math_path():
             output = loaded.module(torch.zeros(shape, device=module_device(loaded.module)))
     except Exception as error:  # the model's own code rejected the input
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{loaded.label} fails on a {shape} input ({detail}); give the input it "
+        raise UserError(f"{loaded.label} fails on a {shape} input "
+                        f"({first_line(error) or type(error).__name__}); give the input it "
                         f"expects with {FLAGS}") from None
     finally:
         for handle in handles:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, first_line
 from vitprobe.models.checkpoints import (checkpoint_num_classes, load_strict, read_state_dict,
                                          timm_filter)
 from vitprobe.models.input_config import FLAGS, InputOverrides
@@ -249,7 +249,7 @@ def _load_timm_pretrained(name: str, allow_download: bool,
         cached = _cached_weights_file(timm.create_model(name, pretrained=False))
         if cached is not None:
             raise UserError(f"the cached weights of {name} are damaged: {cached} ({type(error).__name__}: "
-                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                            f"{first_line(error)}); "
                             "delete that file and download it again") from None
         how = "the download failed" if allow_download else "they are not in the local Hugging Face cache"
         raise UserError(f"no weights for {name}: {how} ({type(error).__name__}); pass "

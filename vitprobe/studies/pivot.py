@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitprobe.errors import UserError
+from vitprobe.errors import UserError, first_line
 
 REPORT_ORDER = ("throughput", "evaluate", "sharpness", "landscape", "receptive-field", "attention")
 STDERR_COLUMNS = ("stderr", "std_error")
@@ -53,8 +53,7 @@ def read_runs(dirs: list[Path]) -> pd.DataFrame:
             try:
                 frame = pd.read_csv(path)
             except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-                raise UserError(f"cannot read {path}: {type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''}") from None
+                raise UserError(f"cannot read {path}: {type(error).__name__}: {first_line(error)}") from None
             if {"model", "metric", "value"} <= set(frame.columns):
                 frames.append(frame.assign(run=str(folder), analysis=path.stem))
     if not frames:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.models.input_config import pair
 from vitprobe.models.token_layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -305,12 +306,6 @@ def hf_layout(hf_model: nn.Module, input_size: tuple[int, int]) -> TokenLayout:
         cls_index=0 if has_cls else None,
         dist_index=int(has_cls) if has_dist else None,
     )
-
-
-def pair(value) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[-1])
-    return int(value), int(value)
 
 
 def _is_container(module: nn.Module) -> bool:

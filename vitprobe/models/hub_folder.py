@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError, first_line
-from vitprobe.models import attention_sites as sites
+from vitprobe.models.input_config import pair
 from vitprobe.models.checkpoints import load_strict, read_state_dict, timm_filter
 from vitprobe.models.loaded import LoadedModel, describe
 
@@ -109,7 +109,7 @@ def load_transformers_folder(folder: Path, config: dict[str, Any]) -> tuple[Load
         raise UserError(f"cannot load the transformers model in {folder}: "
                         f"{type(error).__name__}: {first_line(error)}") from None
     module = TransformersClassifier(hf_model).eval()
-    size = sites.pair(config.get("image_size", 224))
+    size = pair(config.get("image_size", 224))
     mean, std = _preprocessor_stats(folder)
     data_config = {"input_size": (int(config.get("num_channels", 3)), *size), "interpolation": "bilinear",
                    "mean": mean, "std": std, "crop_pct": 1.0, "crop_mode": "center"}

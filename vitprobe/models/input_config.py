@@ -44,7 +44,8 @@ def timm_config(module: nn.Module) -> dict[str, Any] | None:
     return config
 
 
-def _pair(value: Any) -> tuple[int, int]:
+def pair(value: Any) -> tuple[int, int]:
+    """(height, width) from one number or a pair."""
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[-1])
     return int(value), int(value)
@@ -77,7 +78,7 @@ def position_grid(module: nn.Module, num_prefix_tokens: int | None) -> tuple[int
 def inferred_config(module: nn.Module, patch_size: tuple[int, int] | None) -> dict[str, Any]:
     """Channels and size read off the layers, ImageNet (or 0.5) statistics."""
     channels = in_channels(module, patch_size) or 3
-    size = next((_pair(getattr(module, a)) for a in ("image_size", "img_size")
+    size = next((pair(getattr(module, a)) for a in ("image_size", "img_size")
                  if isinstance(getattr(module, a, None), (int, tuple, list))), None)
     if size is None and patch_size is not None:
         grid = position_grid(module, None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from vitprobe.errors import UserError, first_line
 from vitprobe.models import attention_sites as sites
-from vitprobe.models.input_config import FLAGS, InputOverrides, inferred_config, timm_config
+from vitprobe.models.input_config import FLAGS, InputOverrides, inferred_config, pair, timm_config
 from vitprobe.models.outputs import logits
 from vitprobe.models.stages import Stage, feature_stages
 from vitprobe.models.token_layout import TokenLayout
@@ -157,7 +157,7 @@ def _patch_size(module: nn.Module) -> tuple[int, int] | None:
     kernel equals its stride (a patchifying stem)."""
     value = getattr(module, "patch_size", None)
     if isinstance(value, (int, tuple, list)):
-        return sites.pair(value)
+        return pair(value)
     for sub in module.modules():
         if isinstance(sub, nn.Conv2d) and sub.kernel_size == sub.stride and sub.stride[0] > 1:
             return int(sub.stride[0]), int(sub.stride[1])
@@ -173,7 +173,7 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
     prefix = 0
     if hasattr(module, "patch_embed") and hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens"):
         family, prefix = "vit", int(module.num_prefix_tokens)
-        patch = sites.pair(module.patch_embed.patch_size)
+        patch = pair(module.patch_embed.patch_size)
     elif hf_model is not None and hasattr(hf_model.config, "patch_size"):
         family = "vit"
         layout = sites.hf_layout(hf_model, (0, 0))
@@ -192,7 +192,7 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
         if family == "vit" and config is not None:
             img_size = getattr(module.patch_embed, "img_size", None)
             if img_size is not None:  # the patch embedding knows the resolution it was built for
-                config["input_size"] = (config["input_size"][0], *sites.pair(img_size))
+                config["input_size"] = (config["input_size"][0], *pair(img_size))
     if config is None:
         config, source = inferred_config(module, patch), "inferred"
     num_classes = getattr(module, "num_classes", None)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.models.input_config import pair
 from vitprobe.models.loaded import LoadedModel, as_loaded
 
 
@@ -137,12 +138,6 @@ REDUCTION_METHODS = {"mean", "sum", "amax", "max"}
 SPATIAL_DIMS = {2, 3, -1, -2}
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[-1])
-    return int(value), int(value)
-
-
 def _window(field: Field, kernel: Any, stride: Any, dilation: Any, padding: Any,
             where: str) -> Field:
     if field is GLOBAL:
@@ -150,11 +145,11 @@ def _window(field: Field, kernel: Any, stride: Any, dilation: Any, padding: Any,
     if isinstance(padding, str):
         if padding == "valid":
             padding = 0
-        elif _pair(stride) == (1, 1):  # 'same': total (k - 1) d, the extra pixel on the far side
-            padding = tuple((k - 1) * d // 2 for k, d in zip(_pair(kernel), _pair(dilation)))
+        elif pair(stride) == (1, 1):  # 'same': total (k - 1) d, the extra pixel on the far side
+            padding = tuple((k - 1) * d // 2 for k, d in zip(pair(kernel), pair(dilation)))
         else:
             raise UserError(f"{where}: padding {padding!r} with a stride is not supported")
-    k, s, d, p = _pair(kernel), _pair(stride), _pair(dilation), _pair(padding)
+    k, s, d, p = pair(kernel), pair(stride), pair(dilation), pair(padding)
     return (field[0].window(k[0], s[0], d[0], p[0]), field[1].window(k[1], s[1], d[1], p[1]))
 
 

@@ -178,14 +178,17 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
         family = "vit"
         layout = sites.hf_layout(hf_model, (0, 0))
         prefix, patch = layout.num_prefix_tokens, layout.patch_size
-    elif sites.generic_sites(module)[0] and _patch_size(module) is not None:
-        family, patch, prefix = "vit", _patch_size(module), -1  # counted by the probe
-    elif any(isinstance(m, nn.Conv2d) for m in module.modules()) and not (
-            sites.unreadable_attention(module) or sites.generic_sites(module)[0]
-            or any(type(m).__name__ == "PatchEmbed" for m in module.modules())):
-        family = "cnn"
     else:
-        family = "other"
+        attention = bool(sites.generic_sites(module)[0])
+        patch = _patch_size(module) if attention else None
+        if patch is not None:
+            family, prefix = "vit", -1  # counted by the probe
+        elif any(isinstance(m, nn.Conv2d) for m in module.modules()) and not (
+                attention or sites.unreadable_attention(module)
+                or any(type(m).__name__ == "PatchEmbed" for m in module.modules())):
+            family = "cnn"
+        else:
+            family = "other"
     config, source = data_config, input_source or "given"
     if config is None:
         config, source = timm_config(module), "timm pretrained_cfg"

@@ -75,6 +75,7 @@ class RunContext:
     failures: list[dict[str, str]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     choices: dict[str, dict] = field(default_factory=dict)  # how each model was computed
+    input_overrides: InputOverrides = field(default_factory=InputOverrides)  # set by check_shared_options
     previous: Previous | None = None
     _begun: bool = False
     _locked: bool = False
@@ -91,32 +92,24 @@ class RunContext:
 
     @property
     def num_images(self) -> int:
-        return self._positive("--num-images", self.args.num_images) or self.command.default_num_images
+        return self.args.num_images or self.command.default_num_images
 
     @property
     def batch_size(self) -> int:
-        return self._positive("--batch-size", self.args.batch_size) or self.command.default_batch_size
-
-    @staticmethod
-    def _positive(option: str, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise UserError(f"{option} must be positive, got {value}")
-        return value
+        return self.args.batch_size or self.command.default_batch_size
 
     def check_shared_options(self) -> None:
-        """Refuse bad shared options before any work, also in commands that do not use them."""
-        self._positive("--num-images", self.args.num_images)
-        self._positive("--batch-size", self.args.batch_size)
-        self.input_overrides  # InputOverrides validates the input flags as it is built
-
-    @property
-    def input_overrides(self) -> InputOverrides:
-        """``--input-size``, ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``, ``--in-chans``."""
+        """Refuse bad shared options before any work, also in commands that do not use them, and
+        keep the input flags (``--input-size``, ``--mean``, ``--std``, ``--interpolation``,
+        ``--crop-pct``, ``--in-chans``) as :attr:`input_overrides`."""
         args = self.args
+        for option, value in (("--num-images", args.num_images), ("--batch-size", args.batch_size)):
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be positive, got {value}")
         size = args.input_size
         if size is not None and len(size) not in (1, 2):
             raise UserError(f"--input-size takes S or H W, got {len(size)} values")
-        return InputOverrides(
+        self.input_overrides = InputOverrides(
             input_size=(size[0], size[-1]) if size else None,
             mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
             interpolation=args.interpolation, crop_pct=args.crop_pct, in_chans=args.in_chans)

@@ -67,9 +67,9 @@ def load_data(
     else:
         paths_all, labels_all, folders = find_images(spec)
         if labels_all is not None:
-            mapping, info = class_indices(folders, loaded, class_names)
+            mapping, info, names = class_indices(folders, loaded, class_names)
             labels_all = [mapping[folders[label]] for label in labels_all]
-            class_names = _names(loaded, class_names) or folders
+            class_names = names or folders
         else:
             info = {}
         chosen = _subset(len(paths_all), num_images, seed)
@@ -138,8 +138,10 @@ def _names(loaded: LoadedModel, class_names: str | Path | list[str] | None) -> l
 
 
 def class_indices(folders: list[str], loaded: LoadedModel,
-                  class_names: str | Path | list[str] | None) -> tuple[dict[str, int], dict]:
-    """The model's class index for each class folder, and how it was found.
+                  class_names: str | Path | list[str] | None
+                  ) -> tuple[dict[str, int], dict, list[str] | None]:
+    """The model's class index for each class folder, how it was found, and the model's class
+    names (read from ``class_names`` or the model's own, None when unknown).
 
     With ``class_names`` (or the model's own names) covering every folder, folders map by name;
     folders named by ImageNet synset ids (``n01440764``) map onto a 1000-class model by timm's
@@ -150,7 +152,7 @@ def class_indices(folders: list[str], loaded: LoadedModel,
     classes = loaded.num_classes
     if names is not None and set(folders) <= set(names):
         index = {name: i for i, name in enumerate(names)}
-        return {f: index[f] for f in folders}, {"class_mapping": "by name"}
+        return {f: index[f] for f in folders}, {"class_mapping": "by name"}, names
     if class_names is not None:
         missing = sorted(set(folders) - set(names or []))
         raise UserError(f"class folders {', '.join(missing[:5])} are not among the names in "
@@ -161,9 +163,9 @@ def class_indices(folders: list[str], loaded: LoadedModel,
         synsets = ImageNetInfo().label_names()
         if set(folders) <= set(synsets):
             index = {s: i for i, s in enumerate(synsets)}
-            return {f: index[f] for f in folders}, {"class_mapping": "ImageNet synsets"}
+            return {f: index[f] for f in folders}, {"class_mapping": "ImageNet synsets"}, names
     if classes is not None and len(folders) != classes:
         raise UserError(f"the data has {len(folders)} class folders but {loaded.label} has {classes} "
                         "classes: pass --class-names FILE (the model's class names, one a line, "
                         "in its output order) to match folders to classes by name")
-    return {f: i for i, f in enumerate(folders)}, {"class_mapping": "sorted folders"}
+    return {f: i for i, f in enumerate(folders)}, {"class_mapping": "sorted folders"}, names

@@ -48,8 +48,8 @@ def split(batches: Batches, parts: int, size: int | None = None) -> list[Batches
     if size < 1 or parts * size > len(images):
         raise UserError(f"{len(images)} images cannot make {parts} subsets of {size or 0} images")
     batch = max(len(b[0]) for b in batches)
-    return [Batches([(images[i * size:(i + 1) * size][j:j + batch], labels[i * size:(i + 1) * size][j:j + batch])
-                     for j in range(0, size, batch)], batches.spec) for i in range(parts)]
+    return [Batches([(images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size])], batches.spec)
+            .rebatch(batch) for i in range(parts)]
 
 
 @dataclass

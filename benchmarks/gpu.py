@@ -29,7 +29,9 @@ import torch
 from vitprobe import attention_rollout, attributions, load_data, loss_landscape
 from vitprobe.models import as_loaded
 from vitprobe.report.files import write_text
-from vitprobe.sharpness import HessianOperator, hessian_spectrum, hessian_trace
+from vitprobe.sharpness import HessianOperator
+from vitprobe.sharpness.spectrum import spectrum_of
+from vitprobe.sharpness.trace import trace_of
 from vitprobe.sharpness.loss import cross_entropy
 from vitprobe.sharpness.pyhessian_peer import PyHessianRun
 
@@ -82,17 +84,17 @@ def benchmark(kind: str, name: str, args, device: torch.device) -> list[dict]:
 
     with Step(device) as step:
         operator = HessianOperator(model, data)
-        top1 = hessian_spectrum(model, k=1, tol=1e-3, operator=operator)
+        top1 = spectrum_of(operator, k=1, tol=1e-3)
     add("lambda_1", step, float(top1.eigenvalues[0]), "", f"{top1.total_hvps} products; {top1.choices}")
     with Step(device) as step:
-        top5 = hessian_spectrum(model, k=5, tol=1e-3, operator=operator)
+        top5 = spectrum_of(operator, k=5, tol=1e-3)
     add("top-5 lambda_5", step, float(top5.eigenvalues[-1]), "", f"{top5.total_hvps} products")
     with Step(device) as step:
-        trace = hessian_trace(model, num_samples=100 if not args.smoke else 6, operator=operator)
+        trace = trace_of(operator, num_probes=100 if not args.smoke else 6)
     add("Hutch++ trace", step, trace.trace, "", f"{trace.hvps} products, s.e. {trace.std_error:.3g}")
     operator.release()
     with Step(device) as step:
-        tf32 = hessian_spectrum(model, k=1, tol=1e-3, operator=HessianOperator(model, data, allow_tf32=True))
+        tf32 = spectrum_of(HessianOperator(model, data, allow_tf32=True), k=1, tol=1e-3)
     difference = abs(float(tf32.eigenvalues[0]) - float(top1.eigenvalues[0])) / abs(float(top1.eigenvalues[0]))
     add("lambda_1 with TF32", step, float(tf32.eigenvalues[0]), "", f"relative difference {difference:.2e}")
     with Step(device) as step:

@@ -97,7 +97,7 @@ def run_trace(module, data: Batches, repeats: int, reference: float) -> list[dic
                      "values": f"{np.mean(samples):.6g}"})
         budget = max(3, peer.hvps)  # the same number of products
         with Clock() as clock:
-            ours = hessian_trace(module, data, num_samples=budget, seed=repeat)
+            ours = hessian_trace(module, data, num_probes=budget, seed=repeat)
         rows.append({"tool": "vitprobe", "quantity": "trace", "repeat": repeat, "cpu": clock.cpu,
                      "seconds": clock.wall, "hvps": ours.hvps,
                      "error": abs(ours.trace - reference) / abs(reference),
@@ -129,7 +129,7 @@ def main() -> None:
         layouts = {"one batch": images, f"{args.num_images // args.many_batch_size} batches":
                    images.rebatch(args.many_batch_size)}
         reference = reference_eigenvalues(module, images, 5)
-        trace_reference = hessian_trace(module, images, num_samples=args.trace_reference_samples, seed=123)
+        trace_reference = hessian_trace(module, images, num_probes=args.trace_reference_samples, seed=123)
         print(f"{spec}: reference top-5 {reference}, trace {trace_reference.trace:.6g} "
               f"+- {trace_reference.std_error:.3g}", flush=True)
         references[spec] = (reference, trace_reference)

@@ -34,7 +34,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from vitprobe.data import load_data
 from vitprobe.models import as_loaded
 from vitprobe.report.files import write_text
-from vitprobe.sharpness import HessianOperator, hessian_spectrum
+from vitprobe.sharpness import HessianOperator, eigenpairs
 from vitprobe.sharpness.loss import cross_entropy
 from vitprobe.sharpness.pyhessian_peer import PyHessianRun
 
@@ -56,15 +56,26 @@ class Timed:
             self.calls += 1
 
 
+class TimedOperator:
+    """``operator`` with its products timed (``products.seconds``, ``products.calls``)."""
+
+    def __init__(self, operator: HessianOperator) -> None:
+        self.shape, self.dtype, self.device = operator.shape, operator.dtype, operator.device
+        self.products = Timed(operator.matvec)
+
+    def __matmul__(self, v):
+        return self.products(v)
+
+
 def vitprobe_top1(model, data) -> dict:
     operator = HessianOperator(model, data)
-    operator.matvec = Timed(operator.matvec)
+    timed = TimedOperator(operator)
     started = time.perf_counter()
-    result = hessian_spectrum(model, k=1, tol=TOL, operator=operator)
+    pairs = eigenpairs(timed, k=1, tol=TOL)
     total = time.perf_counter() - started
     operator.release()
-    return {"tool": "vitprobe (Lanczos)", "seconds": total, "products": operator.matvec.calls,
-            "in_products": operator.matvec.seconds, "lambda_1": float(result.eigenvalues[0])}
+    return {"tool": "vitprobe (Lanczos)", "seconds": total, "products": timed.products.calls,
+            "in_products": timed.products.seconds, "lambda_1": float(pairs.values[0])}
 
 
 def pyhessian_top1(model, data) -> dict:
@@ -92,11 +103,11 @@ PEAK = textwrap.dedent('''
 
     class Diagonal:
         def __init__(self, size):
-            self.size, self.dtype, self.device = size, torch.float32, torch.device("cpu")
+            self.shape, self.dtype, self.device = (size, size), torch.float32, torch.device("cpu")
             self.d = torch.linspace(-1.0, 100.0, size)
             self.seconds = 0.0
             self.calls = 0
-        def matvec(self, v):
+        def __matmul__(self, v):
             started = time.perf_counter()
             out = self.d * v
             self.seconds += time.perf_counter() - started

@@ -53,7 +53,7 @@ def test_command_writes_rows_figures_and_sidecar(tmp_path, model_module):
     assert list(eig["k"]) == [1, 2] and (eig["residual"] < 1e-3).all() and (eig["hvps"] > 0).all()
     assert eig["value"].iloc[0] >= eig["value"].iloc[1]
     assert sorted(frame.loc[frame["metric"] == "sam_sharpness", "rho"]) == [0.01, 0.05]
-    assert set(frame["model"]) == {"tiny"} and set(frame["num_images"]) == {12}
+    assert set(frame["model"]) == {"tiny"} and set(frame["images"]) == {12}
     assert (out / "figures" / "eigenvalues-tiny.png").stat().st_size > 0
     assert (out / "figures" / "density-tiny.png").stat().st_size > 0
     meta = json.loads((out / "sharpness.json").read_text())
@@ -70,7 +70,7 @@ def test_command_on_an_arch_path_checkpoint_with_a_parameter_block(tmp_path):
     assert status == 0
     frame = pd.read_csv(out / "sharpness.csv")
     assert list(frame["metric"]) == ["eigenvalue"] and frame["params"].iloc[0] == r"^head\."
-    assert frame["num_params"].iloc[0] == model.head.weight.numel() + model.head.bias.numel()
+    assert frame["parameters"].iloc[0] == model.head.weight.numel() + model.head.bias.numel()
 
 
 def test_non_finite_loss_exits_with_status_2(tmp_path, model_module, capsys):

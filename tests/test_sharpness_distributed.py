@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent('''
     def measure():
         model, data = case()
         spectrum = hessian_spectrum(model, data, k=2, tol=1e-4)
-        trace = hessian_trace(model, data, num_samples=9)
+        trace = hessian_trace(model, data, num_probes=9)
         sam = sam_sharpness(model, data, rho=[0.01, 0.05])
         micro = sam_sharpness(model, data, rho=0.05, m=4)
         return {"eigenvalues": spectrum.eigenvalues.tolist(), "hvps": spectrum.total_hvps,

@@ -16,7 +16,8 @@ from torch import nn
 
 from vitprobe.errors import UserError
 from vitprobe.models.attention_path import math_attention
-from vitprobe.sharpness import (HessianOperator, hessian_density, hessian_spectrum, hessian_trace)
+from vitprobe.sharpness import HessianOperator, hessian_density, hessian_spectrum
+from vitprobe.sharpness.trace import trace_of
 
 
 def dense_hessian(model: nn.Module, batches, names: list[str] | None = None) -> np.ndarray:
@@ -120,7 +121,7 @@ def test_parameter_block_matches_dense_block(tiny_resnet, tiny_batches):
     names = [n for n, _ in tiny_resnet.named_parameters() if n.startswith("layer4.")]
     hessian = dense_hessian(tiny_resnet, tiny_batches, names)
     result = hessian_spectrum(tiny_resnet, tiny_batches, k=3, tol=1e-4, params=r"^layer4\.")
-    assert result.param_names == names and result.num_params == hessian.shape[0]
+    assert result.param_names == names and result.parameters == hessian.shape[0]
     np.testing.assert_allclose(result.eigenvalues, top(np.linalg.eigvalsh(hessian), 3), rtol=1e-3)
     by_callable = hessian_spectrum(tiny_resnet, tiny_batches, k=1, tol=1e-4,
                                    params=lambda name, p: name.startswith("layer4."))
@@ -156,8 +157,8 @@ def test_trace_within_standard_error_of_dense(vit_case):
     model, data, hessian = vit_case
     truth = float(np.trace(hessian))
     operator = HessianOperator(model, data)
-    plus = hessian_trace(model, method="hutch++", num_samples=60, operator=operator)
-    plain = hessian_trace(model, method="hutchinson", num_samples=60, operator=operator)
+    plus = trace_of(operator, method="hutch++", num_probes=60)
+    plain = trace_of(operator, method="hutchinson", num_probes=60)
     for result in (plus, plain):
         assert result.hvps == 60
         assert abs(result.trace - truth) < 3 * result.std_error
@@ -169,7 +170,7 @@ def test_trace_within_standard_error_of_dense(vit_case):
 def test_density_integrates_to_one_where_the_spectrum_is(vit_case, reorthogonalise):
     model, data, hessian = vit_case
     eigenvalues = np.linalg.eigvalsh(hessian)
-    result = hessian_density(model, data, num_vectors=6, steps=30, reorthogonalise=reorthogonalise)
+    result = hessian_density(model, data, num_probes=6, max_iter=30, reorthogonalise=reorthogonalise)
     assert result.hvps == 6 * 30
     assert abs(np.trapezoid(result.density, result.grid) - 1) < 1e-3
     np.testing.assert_allclose(np.nansum(result.weights, axis=1), 1 / 6)
@@ -189,7 +190,7 @@ def test_density_kernel_width_is_pyhessians(vit_case):
     from vitprobe.sharpness.density import smooth
 
     model, data, _ = vit_case
-    result = hessian_density(model, data, num_vectors=3, steps=12)
+    result = hessian_density(model, data, num_probes=3, max_iter=12)
     high = np.mean(np.nanmax(result.nodes, axis=1)) + 0.01
     low = np.mean(np.nanmin(result.nodes, axis=1)) - 0.01
     assert result.sigma == pytest.approx(np.sqrt(1e-5 * max(1.0, high - low)), rel=1e-12)

@@ -83,7 +83,7 @@ def test_multi_step_sam_approaches_the_exact_maximum(regression):
     model, data, w, g, a = regression
     rho = 2.0  # large enough for the curvature to turn the maximiser away from g
     one = sam_sharpness(model, data, rho=rho, loss_fn=squared_error).sharpness[0]
-    many = sam_sharpness(model, data, rho=rho, steps=20, loss_fn=squared_error).sharpness[0]
+    many = sam_sharpness(model, data, rho=rho, ascent_steps=20, loss_fn=squared_error).sharpness[0]
     exact = exact_ball_maximum(g, a, rho)
     assert one < exact - 1e-3  # the first-order step is not the maximum here
     assert one < many <= exact + 1e-9 and exact - many < 1e-2 * (exact - one)
@@ -103,7 +103,7 @@ def test_m_sharpness_averages_per_micro_batch(regression):
 
 def test_sam_on_a_vit_is_zero_at_zero_grows_and_leaves_the_model_alone(tiny_vit, tiny_batches):
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
-    result = sam_sharpness(tiny_vit, tiny_batches, rho=[0.0, 0.005, 0.02, 0.05], steps=2)
+    result = sam_sharpness(tiny_vit, tiny_batches, rho=[0.0, 0.005, 0.02, 0.05], ascent_steps=2)
     assert result.sharpness[0] == 0 and (np.diff(result.sharpness) > 0).all()
     keskar_sharpness(tiny_vit, tiny_batches, epsilon=1e-3, max_iter=3)
     assert all(torch.equal(before[k], v) for k, v in tiny_vit.state_dict().items())

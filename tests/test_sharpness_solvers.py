@@ -36,9 +36,9 @@ PEAK = textwrap.dedent('''
     class Diagonal:
         """A synthetic float32 operator: H = diag(d)."""
         def __init__(self, size):
-            self.size, self.dtype, self.device = size, torch.float32, torch.device("cpu")
+            self.shape, self.dtype, self.device = (size, size), torch.float32, torch.device("cpu")
             self.d = torch.linspace(-1.0, 100.0, size)
-        def matvec(self, v):
+        def __matmul__(self, v):
             return self.d * v
 
     def high_water_mark():

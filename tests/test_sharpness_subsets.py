@@ -50,7 +50,7 @@ def test_known_per_image_curvatures_give_the_exact_mean_and_spread():
     assert rows.loc["eigenvalue_std", "value"] == pytest.approx(per_subset.std(ddof=1), rel=1e-9)
     low, high = stats.t.interval(0.95, 4, loc=per_subset.mean(), scale=stats.sem(per_subset))
     assert (rows.loc["eigenvalue_mean", "ci_low"], rows.loc["eigenvalue_mean", "ci_high"]) == pytest.approx((low, high))
-    curve = frame[frame.metric == "lambda_1_by_images"].set_index("num_images")["value"]
+    curve = frame[frame.metric == "lambda_1_by_images"].set_index("subset_images")["value"]
     for n in (2, 4, 8):
         assert curve[n] == pytest.approx(curvature[:, :n].mean(1).mean(), rel=1e-9)
     assert result.eigenvalues.shape == (5, 1) and result.subset_size == 8

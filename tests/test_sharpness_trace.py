@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.sharpness import HessianOperator, hessian_trace
+from vitprobe.sharpness import HessianOperator
+from vitprobe.sharpness.trace import trace_of
 
 
 def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,7 @@ def test_hutch_plus_plus_interval_coverage_is_nominal():
     covered, covered_one_se, errors = 0, 0, []
     seeds = 400
     for seed in range(seeds):
-        result = hessian_trace(model, operator=operator, num_samples=30, seed=seed)
+        result = trace_of(operator, num_probes=30, seed=seed)
         low, high = result.interval
         covered += low <= truth <= high
         covered_one_se += abs(result.trace - truth) <= result.std_error

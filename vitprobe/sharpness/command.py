@@ -19,15 +19,15 @@ import pandas as pd
 from vitprobe.command import TRAINING_DATA, Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
-from vitprobe.sharpness.density import hessian_density
+from vitprobe.sharpness.density import density_of
 from vitprobe.sharpness.figures import density_plot, eigenvalue_bars, eigenvalue_comparison
 from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
 from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
 from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.results import SpectrumResult
 from vitprobe.sharpness.sam import sam_sharpness
-from vitprobe.sharpness.spectrum import METHODS, hessian_spectrum
-from vitprobe.sharpness.trace import hessian_trace
+from vitprobe.sharpness.spectrum import METHODS, spectrum_of
+from vitprobe.sharpness.trace import trace_of
 
 DEFAULT_NUM_IMAGES = 256  # the zoo run: about 22 s of CPU time on one thread for all four models
 DEFAULT_RHO = 0.05
@@ -135,13 +135,13 @@ def run_subsets(ctx: RunContext) -> None:
         with ctx.isolated(model.label):
             data = ctx.data(model, num_images=args.subsets * ctx.num_images)
             ctx.log(f"sharpness: {model.label} on {args.subsets} subsets of {ctx.num_images} images")
-            result = sharpness_subsets(model, data, args.subsets, k=args.top_k, tol=args.tol,
-                                       trace=args.trace, trace_samples=args.trace_samples,
+            result = sharpness_subsets(model, data, subsets=args.subsets, k=args.top_k, tol=args.tol,
+                                       trace=args.trace, num_probes=args.trace_samples,
                                        params=args.params, seed=args.seed)
             frame = result.to_frame()
             ctx.add_rows(frame.assign(data=data.spec))
             ctx.print_table(frame[frame.metric.str.endswith(("_mean", "_std"))][
-                ["model", "metric", "k", "value", "ci_low", "ci_high", "subsets", "num_images"]])
+                ["model", "metric", "k", "value", "ci_low", "ci_high", "subsets", "subset_images"]])
             results.append(result)
     if results:
         ctx.save_figure(subsets_figure(results), "lambda1-vs-images")
@@ -164,9 +164,8 @@ def run(ctx: RunContext) -> None:
             ctx.log(f"sharpness: {model.label} on {data.num_images} images")
             operator = HessianOperator(model, data, params=args.params, keep_graphs=keep,
                                        micro_batch=args.micro_batch, allow_tf32=args.allow_tf32)
-            spectrum = hessian_spectrum(model, k=args.top_k, tol=args.tol, method=args.method,
-                                        max_iter=args.max_iter, params=args.params, seed=args.seed,
-                                        operator=operator, basis=args.basis)
+            spectrum = spectrum_of(operator, k=args.top_k, tol=args.tol, method=args.method,
+                                   max_iter=args.max_iter, seed=args.seed, basis=args.basis)
             ctx.choices[model.label] = spectrum.choices
             spectra.append(spectrum)
             ctx.add_rows(spectrum.to_frame().assign(**extra))
@@ -174,22 +173,21 @@ def run(ctx: RunContext) -> None:
                    **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
                    "hvps": spectrum.total_hvps}
             if args.trace:
-                trace = hessian_trace(model, method=args.trace_method, num_samples=args.trace_samples,
-                                      seed=args.seed, params=args.params, operator=operator)
+                trace = trace_of(operator, method=args.trace_method, num_probes=args.trace_samples,
+                                 seed=args.seed)
                 ctx.add_rows(trace.to_frame().assign(**extra))
                 row.update(trace=trace.trace, trace_se=trace.std_error)
                 row["hvps"] += trace.hvps
             if args.density:
-                density = hessian_density(model, num_vectors=args.density_vectors, steps=args.density_steps,
-                                          sigma=args.density_sigma,
-                                          reorthogonalise=not args.density_no_reorth, seed=args.seed,
-                                          params=args.params, operator=operator)
+                density = density_of(operator, num_probes=args.density_vectors, max_iter=args.density_steps,
+                                     sigma=args.density_sigma, reorthogonalise=not args.density_no_reorth,
+                                     seed=args.seed)
                 ctx.add_rows(density.to_frame().assign(**extra))
                 ctx.save_figure(density_plot(density), f"density-{_safe(model.label)}")
                 row["hvps"] += density.hvps
             operator.release()
             if rhos:
-                sam = sam_sharpness(model, data, rho=rhos, steps=args.sam_steps, adaptive=args.sam_adaptive,
+                sam = sam_sharpness(model, data, rho=rhos, ascent_steps=args.sam_steps, adaptive=args.sam_adaptive,
                                     adaptive_scope=args.sam_adaptive_scope, m=args.sam_m,
                                     params=args.params)
                 ctx.add_rows(sam.to_frame().assign(**extra))

@@ -1,37 +1,37 @@
 """``hessian_density``: the eigenvalue density by stochastic Lanczos quadrature.
 
 Ghorbani, Krishnan & Xiao (2019), after Golub & Meurant and Lin, Saad & Yang (2016): for each of
-``num_vectors`` random unit vectors v, ``steps`` Lanczos steps give T = V^T H V; its eigenvalues are
+``num_probes`` random unit vectors v, ``max_iter`` Lanczos steps give T = V^T H V; its eigenvalues are
 Gauss quadrature nodes and the squared first components of its eigenvectors their weights, so
 v^T f(H) v ~ sum_i w_i f(theta_i). Averaged over v and smoothed with a Gaussian kernel this is the
 spectral density. Without reorthogonalisation only two Lanczos vectors are kept (memory of two
-vectors instead of ``steps``): spurious copies of converged Ritz values appear, but the quadrature
+vectors instead of ``max_iter``): spurious copies of converged Ritz values appear, but the quadrature
 stays accurate (Knizhnerman 1996; Ghorbani et al. 2019, section 3).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.data.batches import DataLike
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel, as_loaded
-from vitprobe.sharpness.lanczos import Lanczos
+from vitprobe.data.batches import DataLike
+from vitprobe.models.loaded import LoadedModel
+from vitprobe.sharpness.lanczos import Lanczos, SymmetricOperator, products
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs
 from vitprobe.sharpness.results import DensityResult
-from vitprobe.sharpness.spectrum import describe, operator_for
 from vitprobe.sharpness.vectors import ParamFilter, rademacher
 
 
-def quadrature(op: HessianOperator, steps: int, generator: torch.Generator,
+def quadrature(op: SymmetricOperator, steps: int, generator: torch.Generator,
                reorthogonalise: bool) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights (summing to 1) of one Lanczos run from a Rademacher vector."""
-    run = Lanczos(op.matvec, rademacher(op.size, generator, op.dtype, op.device),
+    run = Lanczos(products(op), rademacher(op.shape[0], generator, op.dtype, op.device),
                   reorthogonalise=reorthogonalise, generator=generator)
     while run.steps < steps and not run.exhausted:
         run.step()
@@ -74,31 +74,61 @@ def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float | None = None,
     return grid, density / (sigma * np.sqrt(2 * np.pi)), float(sigma)
 
 
-def hessian_density(model: nn.Module | LoadedModel, data: DataLike | None = None,
-                    num_vectors: int = 4, steps: int = 48, reorthogonalise: bool = True,
-                    sigma: float | None = None, grid_points: int = 1000, params: ParamFilter = None,
-                    loss_fn: LossFn | None = None, keep_graphs: KeepGraphs = "auto", seed: int = 0,
-                    operator: HessianOperator | None = None) -> DensityResult:
-    """Spectral density of the Hessian by SLQ: ``num_vectors`` x ``steps`` products.
+@dataclass
+class DensityEstimate:
+    """SLQ's quadrature (``nodes``, ``weights``: probes x steps, NaN-padded) and the smoothed
+    ``density`` on ``grid``."""
 
-    ``reorthogonalise=False`` keeps two Lanczos vectors instead of ``steps`` (for models whose
-    parameter vector times ``steps`` does not fit in memory).
-    """
-    if num_vectors < 1 or steps < 1:
-        raise UserError(f"need num_vectors >= 1 and steps >= 1 (got {num_vectors}, {steps})")
-    loaded = as_loaded(operator.loaded if operator is not None else model)
-    started = time.perf_counter()
-    op = operator_for(loaded, data, operator, loss_fn, params, keep_graphs)
-    before = op.hvps
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float
+    hvps: int
+
+
+def spectral_density(operator: SymmetricOperator, *, num_probes: int = 4, max_iter: int = 48,
+                     reorthogonalise: bool = True, sigma: float | None = None, grid_points: int = 1000,
+                     seed: int = 0) -> DensityEstimate:
+    """Spectral density of any symmetric operator by SLQ: ``num_probes`` Lanczos runs of ``max_iter``
+    steps. ``reorthogonalise=False`` keeps two Lanczos vectors instead of ``max_iter`` (for
+    operators whose vector times ``max_iter`` does not fit in memory)."""
+    if num_probes < 1 or max_iter < 1:
+        raise UserError(f"need num_probes >= 1 and max_iter >= 1 (got {num_probes}, {max_iter})")
     generator = torch.Generator().manual_seed(seed)
-    runs = [quadrature(op, min(steps, op.size), generator, reorthogonalise) for _ in range(num_vectors)]
+    steps = min(max_iter, operator.shape[0])
+    runs = [quadrature(operator, steps, generator, reorthogonalise) for _ in range(num_probes)]
     width = max(len(nodes) for nodes, _ in runs)
-    nodes = np.full((num_vectors, width), np.nan)
-    weights = np.zeros((num_vectors, width))
+    nodes = np.full((num_probes, width), np.nan)
+    weights = np.zeros((num_probes, width))
     for j, (theta, w) in enumerate(runs):
-        nodes[j, :len(theta)], weights[j, :len(w)] = theta, w / num_vectors
+        nodes[j, :len(theta)], weights[j, :len(w)] = theta, w / num_probes
     grid, density, sigma = smooth(nodes, weights, sigma, grid_points)
+    return DensityEstimate(nodes, weights, grid, density, sigma, hvps=sum(len(t) for t, _ in runs))
+
+
+def hessian_density(model: nn.Module | LoadedModel, data: DataLike, *, num_probes: int = 4,
+                    max_iter: int = 48, reorthogonalise: bool = True, sigma: float | None = None,
+                    grid_points: int = 1000, params: ParamFilter = None, loss_fn: LossFn | None = None,
+                    keep_graphs: KeepGraphs = "auto", seed: int = 0) -> DensityResult:
+    """Spectral density of the Hessian: :func:`spectral_density` on a :class:`HessianOperator`."""
+    operator = HessianOperator(model, data, loss_fn=loss_fn, params=params, keep_graphs=keep_graphs)
+    return density_of(operator, num_probes=num_probes, max_iter=max_iter, reorthogonalise=reorthogonalise,
+                      sigma=sigma, grid_points=grid_points, seed=seed)
+
+
+def density_of(operator: HessianOperator, *, num_probes: int = 4, max_iter: int = 48,
+               reorthogonalise: bool = True, sigma: float | None = None, grid_points: int = 1000,
+               seed: int = 0) -> DensityResult:
+    """:func:`hessian_density` on an existing operator (whose kept graphs are reused)."""
+    started = time.perf_counter()
+    estimate = spectral_density(operator, num_probes=num_probes, max_iter=max_iter,
+                                reorthogonalise=reorthogonalise, sigma=sigma, grid_points=grid_points,
+                                seed=seed)
     return DensityResult(
-        model=loaded.label, seconds=time.perf_counter() - started, num_images=op.num_images,
-        num_params=op.size, params=describe(params), nodes=nodes, weights=weights, grid=grid,
-        density=density, sigma=sigma, hvps=op.hvps - before, reorthogonalise=reorthogonalise)
+        model=operator.loaded.label, seconds=time.perf_counter() - started, images=operator.num_images,
+        options={"num_probes": num_probes, "max_iter": max_iter, "reorthogonalise": reorthogonalise,
+                 "sigma": sigma, "seed": seed, "params": operator.params_label},
+        parameters=operator.size, params=operator.params_label, nodes=estimate.nodes,
+        weights=estimate.weights, grid=estimate.grid, density=estimate.density, sigma=estimate.sigma,
+        hvps=estimate.hvps, reorthogonalise=reorthogonalise)

@@ -25,7 +25,7 @@ def eigenvalue_bars(result: SpectrumResult):
         ax.set_xlabel("k")
         ax.set_ylabel(r"Hessian eigenvalue $\lambda_k$")
         ax.set_title(f"{result.model}\n{result.method}, {result.total_hvps} HVPs, "
-                     f"{result.num_images} images", fontsize=9)
+                     f"{result.images} images", fontsize=9)
         ax.margins(y=0.15)
     figure.tight_layout()
     return figure

@@ -33,14 +33,14 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.errors import UserError
+from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.progress import warn
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad
 from vitprobe.sharpness.results import KeskarResult
-from vitprobe.sharpness.spectrum import describe
-from vitprobe.sharpness.vectors import ParamFilter, flatten, perturbed, select_parameters, set_values, unflatten
+from vitprobe.sharpness.vectors import (ParamFilter, filter_label, flatten, perturbed, select_parameters,
+                                       set_values, unflatten)
 
 KESKAR_METHODS = ("lbfgsb", "projected")
 KESKAR_STARTS = ("corner", "random", "centre")
@@ -77,7 +77,7 @@ class RandomSubspace:
         return torch.linalg.solve(gram, self.transposed_times(x))
 
 
-def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, epsilon: float = 1e-3,
+def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, epsilon: float = 1e-3,
                      subspace_dim: int | None = None, max_iter: int = 10, method: str = "lbfgsb",
                      start: str = "corner", params: ParamFilter = None, loss_fn: LossFn | None = None,
                      seed: int = 0) -> KeskarResult:
@@ -142,8 +142,10 @@ def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, epsilon: fl
              f"beats f(x) (start {start}, {iterations} iterations: {message}); it is a lower bound")
     sharpness = (best[0] - loss) / (1 + loss) * 100
     return KeskarResult(
-        model=loaded.label, seconds=time.perf_counter() - started, num_images=batches.num_images,
-        num_params=x.numel(), params=describe(params), epsilon=epsilon, sharpness=sharpness,
+        model=loaded.label, seconds=time.perf_counter() - started, images=batches.num_images,
+        options={"epsilon": epsilon, "subspace_dim": subspace_dim, "max_iter": max_iter, "method": method,
+                 "start": start, "params": filter_label(params), "seed": seed},
+        parameters=x.numel(), params=filter_label(params), epsilon=epsilon, sharpness=sharpness,
         loss=loss, max_loss=best[0], subspace_dim=subspace_dim, evaluations=evaluations[0],
         method=method, start=start, iterations=iterations, message=message,
         maximum_at_start=best[0] <= at_start)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,6 +34,23 @@ from scipy.linalg import eigh_tridiagonal
 from vitprobe.sharpness.vectors import dot, norm
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SymmetricOperator(Protocol):
+    """What the solvers need of a matrix (curvlinops' operators and :class:`HessianOperator` are
+    such): ``shape`` (n, n), the ``dtype`` and ``device`` of its vectors, and ``A @ v`` for a flat
+    vector v of length n."""
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
+def products(operator: SymmetricOperator) -> Matvec:
+    """``v -> operator @ v`` for flat torch vectors."""
+    return lambda v: operator @ v
 CHUNK = 32
 PRECISE_BELOW = 100  # a tol under this many epsilons of the operator's dtype needs a float64 basis
 
@@ -234,13 +252,14 @@ def basis_on_host(size: int, steps: int, dtype: torch.dtype, device: torch.devic
     return need > torch.cuda.mem_get_info(device)[0] / 2
 
 
-def lanczos_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtype: torch.dtype,
-                device: torch.device, seed: int = 0, basis: str = "auto") -> Eigenpairs:
+def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, seed: int = 0,
+                basis: str = "auto") -> Eigenpairs:
     """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with partial
     reorthogonalisation; stops when every wanted Ritz pair has ||H y - theta y|| / |theta| < tol.
     ``basis``: keep the Lanczos vectors on the device, on the host, or ("auto") on the host only
     when they would not fit on the GPU.
     """
+    size, dtype, device, matvec = operator.shape[0], operator.dtype, operator.device, products(operator)
     if not 1 <= k <= size:
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)

@@ -30,7 +30,7 @@ from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import (LossFn, analysis_mode, batch_loss, cross_entropy, device_of,
                                      local_share)
-from vitprobe.sharpness.vectors import ParamFilter, flatten, select_parameters, unflatten
+from vitprobe.sharpness.vectors import ParamFilter, filter_label, flatten, select_parameters, unflatten
 
 KeepGraphs = Literal["auto"] | bool
 MEMORY_FRACTION = 0.5
@@ -61,6 +61,7 @@ class HessianOperator:
         self.allow_tf32 = allow_tf32
         self.batches = self._split(local_share(batches))
         named = select_parameters(self.module, params)
+        self.params_label = filter_label(params)
         self.param_names = [name for name, _ in named]
         self.params = [p for _, p in named]
         self.size = sum(p.numel() for p in self.params)

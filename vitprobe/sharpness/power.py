@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vitprobe.sharpness.lanczos import Eigenpairs, Matvec
+from vitprobe.sharpness.lanczos import Eigenpairs, SymmetricOperator, products
 from vitprobe.sharpness.vectors import dot, norm
 
 
-def power_top(matvec: Matvec, size: int, k: int, tol: float, max_iter: int, dtype: torch.dtype,
-              device: torch.device, seed: int = 0) -> Eigenpairs:
+def power_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, seed: int = 0) -> Eigenpairs:
     """k eigenpairs of largest magnitude, one after another; ``max_iter`` products per eigenvalue."""
+    size, dtype, device, matvec = operator.shape[0], operator.dtype, operator.device, products(operator)
     if not 1 <= k <= size:
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)

@@ -1,41 +1,32 @@
-"""Result dataclasses of the sharpness analysis; each gives tidy rows with ``to_frame()``."""
+"""Result dataclasses of the sharpness analysis (see :mod:`vitprobe.result` for the shared header)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy import stats
-import pandas as pd
 import torch
 
-COLUMNS = ["model", "metric", "value", "k", "method", "hvps", "residual", "std_error", "rho",
-           "steps", "adaptive", "m", "epsilon", "vector", "weight", "loss", "tol", "converged",
-           "seconds", "num_images", "num_params", "params"]
+from vitprobe.result import Result
 
 
-def tidy(rows: list[dict]) -> pd.DataFrame:
-    """Rows in the shared column order (columns a metric does not use stay empty)."""
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=[c for c in COLUMNS if c in frame.columns]
-                         + [c for c in frame.columns if c not in COLUMNS])
+@dataclass(kw_only=True)
+class _Sharpness(Result):
+    """A sharpness result: the header, and the parameters measured."""
 
-
-@dataclass
-class _Common:
-    model: str
-    seconds: float
-    num_images: int
-    num_params: int
+    parameters: int  # how many parameters the Hessian (or perturbation) covers
     params: str  # the parameter filter, "all" when none
 
-    def _base(self) -> dict:
-        return {"model": self.model, "seconds": self.seconds, "num_images": self.num_images,
-                "num_params": self.num_params, "params": self.params}
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "parameters", "params")
+
+    def _measured(self) -> dict:
+        return {"parameters": self.parameters, "params": self.params}
 
 
-@dataclass
-class SpectrumResult(_Common):
+@dataclass(kw_only=True)
+class SpectrumResult(_Sharpness):
     """Top-k Hessian eigenvalues, largest first.
 
     ``eigenvectors[i]`` is a list of tensors aligned with ``param_names`` (unit norm overall);
@@ -55,15 +46,19 @@ class SpectrumResult(_Common):
     eigenvectors: list[list[torch.Tensor]] = field(default_factory=list)
     choices: dict = field(default_factory=dict)
 
-    def to_frame(self) -> pd.DataFrame:
-        return tidy([{**self._base(), "metric": "eigenvalue", "value": float(v), "k": i + 1,
-                      "method": self.method, "hvps": int(h), "residual": float(r),
-                      "loss": self.loss, "tol": self.tol, "converged": self.converged}
-                     for i, (v, r, h) in enumerate(zip(self.eigenvalues, self.residuals, self.hvps))])
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "k")
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "hvps", "residual", "tol", "converged", "loss",
+                                              *_Sharpness.ANNOTATIONS[1:])
+
+    def rows(self) -> list[dict]:
+        return [{"metric": "eigenvalue", "k": i + 1, "value": float(v), "method": self.method,
+                 "hvps": int(h), "residual": float(r), "tol": self.tol, "converged": self.converged,
+                 "loss": self.loss, **self._measured()}
+                for i, (v, r, h) in enumerate(zip(self.eigenvalues, self.residuals, self.hvps))]
 
 
-@dataclass
-class TraceResult(_Common):
+@dataclass(kw_only=True)
+class TraceResult(_Sharpness):
     """Hessian trace estimate with its standard error and a Student-t confidence interval
     (Hutchinson or Hutch++; see :mod:`vitprobe.sharpness.trace` for why the interval covers)."""
 
@@ -83,19 +78,21 @@ class TraceResult(_Common):
         half = float(stats.t.ppf(0.5 + self.confidence / 2, n - 1)) * self.std_error
         return self.trace - half, self.trace + half
 
-    def to_frame(self) -> pd.DataFrame:
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "hvps", "confidence", *_Sharpness.ANNOTATIONS[1:])
+
+    def rows(self) -> list[dict]:
         low, high = self.interval
-        return tidy([{**self._base(), "metric": "trace", "value": self.trace, "method": self.method,
-                      "hvps": self.hvps, "std_error": self.std_error, "ci_low": low, "ci_high": high,
-                      "confidence": self.confidence}])
+        return [{"metric": "trace", "value": self.trace, "ci_low": low, "ci_high": high,
+                 "std_error": self.std_error, "method": self.method, "hvps": self.hvps,
+                 "confidence": self.confidence, **self._measured()}]
 
 
-@dataclass
-class DensityResult(_Common):
+@dataclass(kw_only=True)
+class DensityResult(_Sharpness):
     """Spectral density by stochastic Lanczos quadrature.
 
     ``nodes[j]`` and ``weights[j]`` are the Gauss quadrature nodes and weights of random vector j
-    (each row of weights sums to 1/num_vectors); ``density`` is their Gaussian-smoothed sum on
+    (each row of weights sums to 1/num_probes); ``density`` is their Gaussian-smoothed sum on
     ``grid`` (integrates to 1).
     """
 
@@ -108,15 +105,19 @@ class DensityResult(_Common):
     hvps: int = 0
     reorthogonalise: bool = True
 
-    def to_frame(self) -> pd.DataFrame:
-        return tidy([{**self._base(), "metric": "slq_node", "value": float(node), "weight": float(w),
-                      "vector": j, "method": self.method, "hvps": self.hvps}
-                     for j, (row_nodes, row_weights) in enumerate(zip(self.nodes, self.weights))
-                     for node, w in zip(row_nodes, row_weights) if np.isfinite(node)])
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "vector", "node")
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("weight", "method", "hvps", "sigma", *_Sharpness.ANNOTATIONS[1:])
+    REPORTED: ClassVar[tuple[str, ...]] = ()  # quadrature nodes are a figure, not a table
+
+    def rows(self) -> list[dict]:
+        return [{"metric": "slq_node", "vector": j, "node": i, "value": float(node), "weight": float(w),
+                 "method": self.method, "hvps": self.hvps, "sigma": self.sigma, **self._measured()}
+                for j, (row_nodes, row_weights) in enumerate(zip(self.nodes, self.weights))
+                for i, (node, w) in enumerate(zip(row_nodes, row_weights)) if np.isfinite(node)]
 
 
-@dataclass
-class SamResult(_Common):
+@dataclass(kw_only=True)
+class SamResult(_Sharpness):
     """SAM sharpness per radius: max over ||T^-1 eps|| <= rho of L(w + eps) - L(w), averaged over
     micro-batches of ``m`` images (all images when m is None)."""
 
@@ -124,20 +125,24 @@ class SamResult(_Common):
     sharpness: np.ndarray = field(default_factory=lambda: np.zeros(0))
     perturbed_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
     loss: float = float("nan")
-    steps: int = 1
+    ascent_steps: int = 1
     adaptive: bool = False
     m: int | None = None
 
-    def to_frame(self) -> pd.DataFrame:
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "rho")
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "ascent_steps", "adaptive", "m", "loss",
+                                              *_Sharpness.ANNOTATIONS[1:])
+
+    def rows(self) -> list[dict]:
         method = "asam" if self.adaptive else "sam"
-        return tidy([{**self._base(), "metric": "sam_sharpness", "value": float(s), "rho": float(r),
-                      "method": method, "steps": self.steps, "adaptive": self.adaptive,
-                      "m": self.m if self.m is not None else np.nan, "loss": self.loss}
-                     for r, s in zip(self.rhos, self.sharpness)])
+        return [{"metric": "sam_sharpness", "rho": float(r), "value": float(s), "method": method,
+                 "ascent_steps": self.ascent_steps, "adaptive": self.adaptive,
+                 "m": self.m if self.m is not None else np.nan, "loss": self.loss, **self._measured()}
+                for r, s in zip(self.rhos, self.sharpness)]
 
 
-@dataclass
-class KeskarResult(_Common):
+@dataclass(kw_only=True)
+class KeskarResult(_Sharpness):
     """Keskar et al. (2017) sharpness: 100 (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x))."""
 
     epsilon: float = 1e-3
@@ -152,10 +157,15 @@ class KeskarResult(_Common):
     message: str = ""
     maximum_at_start: bool = False
 
-    def to_frame(self) -> pd.DataFrame:
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "epsilon")
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "solver", "start", "iterations", "evaluations",
+                                              "solver_message", "maximum_at_start", "loss",
+                                              *_Sharpness.ANNOTATIONS[1:])
+
+    def rows(self) -> list[dict]:
         space = "full space" if self.subspace_dim is None else f"subspace p={self.subspace_dim}"
-        return tidy([{**self._base(), "metric": "keskar_sharpness", "value": self.sharpness,
-                      "epsilon": self.epsilon, "method": space, "solver": self.method,
-                      "start": self.start, "iterations": self.iterations, "solver_message": self.message,
-                      "maximum_at_start": self.maximum_at_start, "loss": self.loss,
-                      "steps": self.evaluations}])
+        return [{"metric": "keskar_sharpness", "epsilon": self.epsilon, "value": self.sharpness,
+                 "method": space, "solver": self.method, "start": self.start,
+                 "iterations": self.iterations, "evaluations": self.evaluations,
+                 "solver_message": self.message, "maximum_at_start": self.maximum_at_start,
+                 "loss": self.loss, **self._measured()}]

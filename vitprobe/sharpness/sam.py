@@ -25,13 +25,12 @@ import torch
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.errors import UserError
+from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad
 from vitprobe.sharpness.results import SamResult
-from vitprobe.sharpness.spectrum import describe
-from vitprobe.sharpness.vectors import ParamFilter, perturbed, select_parameters, set_values
+from vitprobe.sharpness.vectors import ParamFilter, filter_label, perturbed, select_parameters, set_values
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
@@ -72,13 +71,13 @@ class _Ascent:
         return best
 
 
-def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, rho: float | Sequence[float] = 0.05,
-                  steps: int = 1, adaptive: bool = False, m: int | None = None, eta: float = 0.01,
+def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, rho: float | Sequence[float] = 0.05,
+                  ascent_steps: int = 1, adaptive: bool = False, m: int | None = None, eta: float = 0.01,
                   adaptive_scope: str = "weights", params: ParamFilter = None,
                   loss_fn: LossFn | None = None) -> SamResult:
     """SAM sharpness max_{||T^-1 eps|| <= rho} L(w + eps) - L(w) for each radius in ``rho``.
 
-    ``steps``: ascent steps (1 is SAM's own first-order solution). ``adaptive``: ASAM's ball with
+    ``ascent_steps``: gradient ascent steps (1 is SAM's own first-order solution). ``adaptive``: ASAM's ball with
     T = |w| + ``eta`` on the parameters named ``*weight*`` (``adaptive_scope="weights"``, the
     reference) or on all (``"all"``). ``m``: micro-batch size for m-sharpness (None: one maximum over all images).
     Under ``torchrun`` the batches (or micro-batches) are sharded and the sums all-reduced.
@@ -86,8 +85,9 @@ def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, rho: float | S
     if adaptive_scope not in ("weights", "all"):
         raise UserError(f"adaptive_scope must be 'weights' or 'all', got {adaptive_scope!r}")
     rhos = np.atleast_1d(np.asarray(rho, dtype=float))
-    if (rhos < 0).any() or not np.isfinite(rhos).all() or steps < 1 or (m is not None and m < 1):
-        raise UserError(f"need rho >= 0, steps >= 1 and m >= 1 (got rho={list(rhos)}, steps={steps}, m={m})")
+    if (rhos < 0).any() or not np.isfinite(rhos).all() or ascent_steps < 1 or (m is not None and m < 1):
+        raise UserError(f"need rho >= 0, ascent_steps >= 1 and m >= 1 "
+                         f"(got rho={list(rhos)}, ascent_steps={ascent_steps}, m={m})")
     loaded = as_loaded(model)
     module = loaded.module
     started = time.perf_counter()
@@ -110,13 +110,15 @@ def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, rho: float | S
             weight = 1.0 if reduce else size
             totals[0] += weight * ascent.loss
             for i, r in enumerate(rhos):
-                totals[1 + i] += weight * ascent.maximise(float(r), steps)
+                totals[1 + i] += weight * ascent.maximise(float(r), ascent_steps)
                 set_values(weights, ascent.origin)
     if not reduce:
         totals = distributed.all_reduce_sum(torch.from_numpy(totals)).numpy() / batches.num_images
     loss, perturbed_loss = float(totals[0]), totals[1:1 + len(rhos)]
     return SamResult(
-        model=loaded.label, seconds=time.perf_counter() - started, num_images=batches.num_images,
-        num_params=sum(p.numel() for p in weights), params=describe(params), rhos=rhos,
-        sharpness=perturbed_loss - loss, perturbed_loss=perturbed_loss, loss=loss, steps=steps,
-        adaptive=adaptive, m=m)
+        model=loaded.label, seconds=time.perf_counter() - started, images=batches.num_images,
+        options={"rho": [float(r) for r in rhos], "ascent_steps": ascent_steps, "adaptive": adaptive,
+                 "m": m, "eta": eta, "adaptive_scope": adaptive_scope, "params": filter_label(params)},
+        parameters=sum(p.numel() for p in weights), params=filter_label(params), rhos=rhos,
+        sharpness=perturbed_loss - loss, perturbed_loss=perturbed_loss, loss=loss,
+        ascent_steps=ascent_steps, adaptive=adaptive, m=m)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 from torch import nn
 
@@ -25,10 +25,10 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator
-from vitprobe.sharpness.results import tidy
-from vitprobe.sharpness.spectrum import describe, hessian_spectrum
-from vitprobe.sharpness.trace import hessian_trace
-from vitprobe.sharpness.vectors import ParamFilter
+from vitprobe.result import Result
+from vitprobe.sharpness.spectrum import eigenpairs
+from vitprobe.sharpness.trace import trace_estimate
+from vitprobe.sharpness.vectors import ParamFilter, filter_label
 
 
 def t_summary(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
@@ -52,44 +52,44 @@ def split(batches: Batches, parts: int, size: int | None = None) -> list[Batches
             .rebatch(batch) for i in range(parts)]
 
 
-@dataclass
-class SubsetsResult:
+@dataclass(kw_only=True)
+class SubsetsResult(Result):
     """Per subset: the top-k eigenvalues (subsets, k) and traces; per image count, lambda_1 of
     every subset's first images (sizes, subsets)."""
 
-    model: str
-    seconds: float
     subset_size: int
     eigenvalues: np.ndarray
     traces: np.ndarray | None
     sizes: list[int]
     lambda_1_by_size: np.ndarray
     confidence: float = 0.95
-    options: dict = field(default_factory=dict)
 
-    def to_frame(self) -> pd.DataFrame:
-        """Rows ``eigenvalue`` / ``trace`` per ``subset``, their ``*_mean`` / ``*_std`` with the
-        interval, and ``lambda_1_by_images`` (mean over subsets, per ``num_images``)."""
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "k", "subset", "subset_images")
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("subsets", "confidence")
+    REPORTED: ClassVar[tuple[str, ...]] = ("eigenvalue_mean", "trace_mean")
+
+    def rows(self) -> list[dict]:
+        """Rows ``eigenvalue`` / ``trace`` per ``subset``, their ``*_mean`` (with the interval) and
+        ``*_std``, and ``lambda_1_by_images`` (mean over subsets, per ``subset_images``)."""
         rows = []
-        base = {"model": self.model, "subsets": len(self.eigenvalues), "confidence": self.confidence,
-                **self.options}
+        base = {"subsets": len(self.eigenvalues), "confidence": self.confidence}
         series = [("eigenvalue", k + 1, self.eigenvalues[:, k]) for k in range(self.eigenvalues.shape[1])]
         if self.traces is not None:
             series.append(("trace", None, self.traces))
         for metric, k, values in series:
             for index, value in enumerate(values):
                 rows.append({**base, "metric": metric, "k": k, "subset": index, "value": float(value),
-                             "num_images": self.subset_size})
+                             "subset_images": self.subset_size})
             mean, std, low, high = t_summary(values, self.confidence)
             rows.append({**base, "metric": f"{metric}_mean", "k": k, "value": mean, "ci_low": low,
-                         "ci_high": high, "num_images": self.subset_size})
+                         "ci_high": high, "subset_images": self.subset_size})
             rows.append({**base, "metric": f"{metric}_std", "k": k, "value": std,
-                         "num_images": self.subset_size})
+                         "subset_images": self.subset_size})
         for size, values in zip(self.sizes, self.lambda_1_by_size):
             mean, std, low, high = t_summary(values, self.confidence)
-            rows.append({**base, "metric": "lambda_1_by_images", "k": 1, "value": mean, "std": std,
-                         "ci_low": low, "ci_high": high, "num_images": size})
-        return tidy(rows)
+            rows.append({**base, "metric": "lambda_1_by_images", "k": 1, "value": mean,
+                         "ci_low": low, "ci_high": high, "subset_images": size})
+        return rows
 
 
 def _sizes(size: int, smallest: int) -> list[int]:
@@ -99,14 +99,14 @@ def _sizes(size: int, smallest: int) -> list[int]:
     return sorted(sizes)
 
 
-def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, subsets: int, k: int = 1,
-                      tol: float = 1e-3, trace: bool = False, trace_samples: int = 60,
+def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, *, subsets: int, k: int = 1,
+                      tol: float = 1e-3, trace: bool = False, num_probes: int = 60,
                       params: ParamFilter = None, loss_fn: LossFn | None = None, seed: int = 0,
                       confidence: float = 0.95, sizes: Sequence[int] | None = None) -> SubsetsResult:
     """The top-k eigenvalues (and trace) on ``subsets`` disjoint parts of ``data``, and lambda_1
     on each part's first ``sizes`` images (default: halvings of the part size)."""
     if subsets < 2:
-        raise UserError(f"--subsets needs at least 2 subsets to measure a spread, got {subsets}")
+        raise UserError(f"need at least 2 subsets to measure a spread, got {subsets}")
     loaded = as_loaded(model)
     started = time.perf_counter()
     batches = as_batches(data)
@@ -114,12 +114,13 @@ def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, subsets: i
     size = parts[0].num_images
     batch = max(len(b[0]) for b in batches)
     sizes = sorted(sizes) if sizes else _sizes(size, min(batch, max(2, size // 8)))
-    options = {"params": describe(params), "tol": tol}
+    options = {"subsets": subsets, "k": k, "tol": tol, "trace": trace, "num_probes": num_probes,
+               "params": filter_label(params), "seed": seed, "confidence": confidence}
 
     def spectrum(part: Batches) -> tuple[np.ndarray, HessianOperator]:
         operator = HessianOperator(loaded, part, params=params, loss_fn=loss_fn)
-        result = hessian_spectrum(loaded, k=min(k, operator.size), tol=tol, seed=seed, operator=operator)
-        return result.eigenvalues, operator
+        pairs = eigenpairs(operator, k=min(k, operator.size), tol=tol, seed=seed)
+        return pairs.values, operator
 
     eigenvalues, traces = [], []
     by_size = np.zeros((len(sizes), subsets))
@@ -131,10 +132,10 @@ def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, subsets: i
             if count == size:
                 eigenvalues.append(values)
                 if trace:
-                    traces.append(hessian_trace(loaded, num_samples=trace_samples, seed=seed,
-                                                operator=operator).trace)
+                    traces.append(trace_estimate(operator, num_probes=num_probes, seed=seed).trace)
             operator.release()
-    return SubsetsResult(model=loaded.label, seconds=time.perf_counter() - started, subset_size=size,
+    return SubsetsResult(model=loaded.label, images=subsets * size, seconds=time.perf_counter() - started,
+                         subset_size=size,
                          eigenvalues=np.array(eigenvalues), traces=np.array(traces) if trace else None,
                          sizes=list(sizes), lambda_1_by_size=by_size, confidence=confidence,
                          options=options)

@@ -15,6 +15,12 @@ from vitprobe.errors import UserError
 ParamFilter = Union[None, str, Callable[[str, nn.Parameter], bool]]
 
 
+def filter_label(params: ParamFilter) -> str:
+    """How a parameter filter is written in tables: "all", the expression, or the callable's name."""
+    return "all" if params is None else params if isinstance(params, str) else getattr(
+        params, "__name__", "custom")
+
+
 def select_parameters(module: nn.Module, params: ParamFilter = None) -> list[tuple[str, nn.Parameter]]:
     """The named parameters of ``module`` that require a gradient and pass ``params``.
 
@@ -25,7 +31,7 @@ def select_parameters(module: nn.Module, params: ParamFilter = None) -> list[tup
         try:
             pattern = re.compile(params)
         except re.error as error:
-            raise UserError(f"--params {params!r} is not a regular expression: {error}") from None
+            raise UserError(f"params {params!r} is not a regular expression: {error}") from None
         keep: Callable[[str, nn.Parameter], bool] = lambda name, _: bool(pattern.search(name))
     elif params is None:
         keep = lambda name, _: True

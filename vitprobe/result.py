@@ -1,0 +1,62 @@
+"""The header and table shape that every analysis result shares.
+
+A result is a dataclass: its arrays, the header (``model`` label, ``images`` measured, ``seconds``
+of wall time, ``options`` the analysis ran with) and :meth:`Result.to_frame`, a tidy table with
+one row per measured value. Each column of that table is declared: ``model``; the ``INDEX``
+columns, which say what a value is (``metric``, ``k``, ``layer``, ``head``, ``threshold``,
+``rho``, ``alpha``, ``beta``, ...); ``value`` and its uncertainty (``ci_low``, ``ci_high``,
+``std_error``); and the ``ANNOTATIONS``, which say how it was obtained (``hvps``,
+``residual``, ``method``, ``seconds``, ...). ``vitprobe report`` pivots on the index columns
+only, and its default table shows the ``REPORTED`` metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pandas as pd
+
+VALUE_COLUMNS = ("value", "ci_low", "ci_high", "std_error")
+HEADER_ANNOTATIONS = ("images", "seconds")
+
+
+@dataclass(kw_only=True)
+class Result:
+    """Header of every analysis result; subclasses declare their columns and give :meth:`rows`."""
+
+    model: str
+    images: int
+    seconds: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    INDEX: ClassVar[tuple[str, ...]] = ("metric",)
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ()
+    REPORTED: ClassVar[tuple[str, ...] | None] = None  # metrics in report's default table; None: all
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per measured value, holding index, value and annotation columns."""
+        raise NotImplementedError
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """Every column :meth:`to_frame` may hold, in table order."""
+        return ("model", *cls.INDEX, *VALUE_COLUMNS, *cls.ANNOTATIONS, *HEADER_ANNOTATIONS)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table; ``frame.attrs`` holds the declaration (``index``, ``reported``)."""
+        rows = self.rows()
+        declared = self.columns()
+        undeclared = sorted({key for row in rows for key in row} - set(declared))
+        if undeclared:
+            raise TypeError(f"{type(self).__name__} rows hold undeclared columns {undeclared}")
+        header = {"model": self.model, "images": self.images, "seconds": self.seconds}
+        frame = pd.DataFrame([{**header, **row} for row in rows], columns=None if rows else declared)
+        frame = frame[[c for c in declared if c in frame.columns]]
+        frame.attrs.update(declaration(type(self)))
+        return frame
+
+
+def declaration(kind: type[Result]) -> dict[str, Any]:
+    """What a table of ``kind`` declares: its index columns and its reported metrics."""
+    return {"index": list(kind.INDEX), "reported": None if kind.REPORTED is None else list(kind.REPORTED)}

@@ -157,7 +157,7 @@ def test_attributions_match_captum_run_directly(tiny_resnet) -> None:
     sal = attributions(tiny_resnet, images, method="saliency")
     grad = Saliency(tiny_resnet).attribute(images.clone().requires_grad_(), target=target)
     np.testing.assert_allclose(sal.maps[:, 0], grad.amax(1).detach().numpy(), rtol=1e-5, atol=1e-8)
-    ig = attributions(tiny_resnet, images, method="captum-ig", n_steps=8)
+    ig = attributions(tiny_resnet, images, method="captum-ig", integration_steps=8)
     ref = IntegratedGradients(tiny_resnet).attribute(images, target=target, baselines=0.0, n_steps=8)
     np.testing.assert_allclose(ig.maps[:, 0], ref.abs().sum(1).detach().numpy(), rtol=1e-4, atol=1e-7)
     assert ig.maps.shape == (3, 1, 16, 16)

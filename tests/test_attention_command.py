@@ -62,7 +62,7 @@ def test_attention_command_on_image_files(tmp_path, builders) -> None:
     assert main(["attention", *builders[:2], "--images", *files, "--method", "grad-rollout",
                  "--out", str(out), "--quiet"]) == 0
     table = pd.read_csv(out / "attention.csv")
-    assert table[table.metric == "mean_attention_distance"].num_images.unique().tolist() == [2]
+    assert table[table.metric == "mean_attention_distance"].images.unique().tolist() == [2]
     assert "grad_rollout_map_entropy" in set(table.metric)
 
 

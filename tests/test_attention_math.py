@@ -141,11 +141,14 @@ def test_mean_attention_distance_of_uniform_attention_is_the_closed_form() -> No
     assert result.baseline == pytest.approx(closed, rel=1e-12)
     frame = result.to_frame()
     assert set(frame.metric) == {"mean_attention_distance", "mean_attention_distance_renormalised",
-                                 "uniform_attention_distance"}
+                                 "layer_attention_distance", "uniform_attention_distance"}
     headline = frame[frame.metric == "mean_attention_distance"]
     assert len(headline) == 2 * 2
     # the headline is the paper's raw value (prefix mass left out), not the renormalised one
     np.testing.assert_allclose(headline["value"], closed * 196 / 197, rtol=1e-6)
+    per_layer = frame[frame.metric == "layer_attention_distance"]
+    np.testing.assert_allclose(per_layer["value"], closed * 196 / 197, rtol=1e-6)
+    assert per_layer["layer"].tolist() == [0, 1] and per_layer["head"].isna().all()
 
 
 def test_mean_attention_distance_non_square_patches_and_grid() -> None:

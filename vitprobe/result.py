@@ -12,10 +12,17 @@ only, and its default table shows the ``REPORTED`` metrics.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
+import torch
+from torch import nn
 
 VALUE_COLUMNS = ("value", "ci_low", "ci_high", "std_error")
 HEADER_ANNOTATIONS = ("images", "seconds")
@@ -27,8 +34,8 @@ class Result:
 
     model: str
     images: int
-    seconds: float
-    options: dict[str, Any] = field(default_factory=dict)
+    seconds: float = math.nan  # set by :func:`analysis`
+    options: dict[str, Any] = field(default_factory=dict)  # set by :func:`analysis`
 
     INDEX: ClassVar[tuple[str, ...]] = ("metric",)
     ANNOTATIONS: ClassVar[tuple[str, ...]] = ()
@@ -60,3 +67,41 @@ class Result:
 def declaration(kind: type[Result]) -> dict[str, Any]:
     """What a table of ``kind`` declares: its index columns and its reported metrics."""
     return {"index": list(kind.INDEX), "reported": None if kind.REPORTED is None else list(kind.REPORTED)}
+
+
+Function = TypeVar("Function", bound=Callable[..., Result])
+
+
+def analysis(function: Function) -> Function:
+    """Marks a public analysis ``f(model, data, *, options...) -> Result``: the result's header gets
+    the wall time of the whole call and every option the call ran with (defaults included; where
+    the analysis resolved an option, e.g. the layer Grad-CAM chose, the value it resolved to)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Result:
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        result.seconds = time.perf_counter() - started
+        given = {name: plain(value) for name, value in bound.arguments.items() if name not in ("model", "data")}
+        result.options = {**given, **result.options}
+        return result
+
+    return timed  # type: ignore[return-value]
+
+
+def plain(value: Any) -> Any:
+    """An option as JSON can hold it: numbers, strings, lists; a module, tensor or function by name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, nn.Module):
+        return type(value).__name__
+    return getattr(value, "__name__", repr(value))

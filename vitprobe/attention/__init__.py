@@ -2,17 +2,17 @@
 and captum attributions for ViTs and CNNs alike."""
 
 from vitprobe.attention.attributions import attributions
-from vitprobe.attention.capture import AttentionMaps, attention_maps
-from vitprobe.attention.distance import AttentionDistance, mean_attention_distance
+from vitprobe.attention.capture import AttentionMapsResult, attention_maps
+from vitprobe.attention.distance import AttentionDistanceResult, mean_attention_distance
 from vitprobe.attention.gradient_rollout import gradient_rollout
 from vitprobe.models.token_layout import TokenLayout
-from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import attention_rollout
 
 __all__ = [
-    "AttentionDistance",
-    "AttentionMaps",
-    "SaliencyMaps",
+    "AttentionDistanceResult",
+    "AttentionMapsResult",
+    "SaliencyResult",
     "TokenLayout",
     "attention_maps",
     "attention_rollout",

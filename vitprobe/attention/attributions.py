@@ -23,10 +23,11 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Sal
 from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
-from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.maps import SaliencyResult
 from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import analysis
 
 ATTRIBUTION_METHODS = ("captum-ig", "saliency", "gradcam")
 
@@ -96,12 +97,13 @@ def _gradcam(forward, vit_stage: ViTLastStage | None, loaded: LoadedModel, layer
     return LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear"), name
 
 
-def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str = "gradcam",
-                 target: Target = None, n_steps: int = 32,
-                 layer: nn.Module | str | None = None) -> SaliencyMaps:
+@analysis
+def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: str = "gradcam",
+                 target: Target = None, integration_steps: int = 32,
+                 layer: nn.Module | str | None = None) -> SaliencyResult:
     """captum attribution maps (images, 1, H, W) at the input resolution, for any classifier.
 
-    ``method`` is ``"captum-ig"`` (Integrated Gradients, ``n_steps`` steps), ``"saliency"`` or
+    ``method`` is ``"captum-ig"`` (Integrated Gradients, ``integration_steps`` steps), ``"saliency"`` or
     ``"gradcam"`` (last stage; a ViT's patch tokens reshaped to its grid; ``layer`` overrides a
     CNN's stage). ``target``: ``None`` the prediction, ``"label"``, an int or a tensor.
     """
@@ -110,13 +112,12 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
     loaded, batches = prepared(model, data)
     module = loaded.module
     vit_stage = ViTLastStage(loaded) if method == "gradcam" and loaded.family == "vit" else None
-    options: dict = {"n_steps": n_steps} if method == "captum-ig" else {}
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         with mha_math_path():
             return loaded.logits(module(images))
 
-    maps, targets, offset, input_size = [], [], 0, None
+    maps, targets, offset, input_size, resolved = [], [], 0, None, {}
     for images, labels in device_batches(loaded, batches):
         with torch.no_grad():
             chosen = resolve_targets(target, labels, forward(images), offset)
@@ -124,16 +125,16 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, method: str =
             images = images.clone().requires_grad_(True)
         if method == "captum-ig":
             attr = IntegratedGradients(forward).attribute(
-                images, target=chosen, baselines=0.0, n_steps=n_steps,
+                images, target=chosen, baselines=0.0, n_steps=integration_steps,
                 internal_batch_size=len(images)).abs().sum(1, keepdim=True)
         elif method == "saliency":
             attr = Saliency(forward).attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
         else:
-            attr, options["layer"] = _gradcam(forward, vit_stage, loaded, layer, images, chosen)
+            attr, resolved["layer"] = _gradcam(forward, vit_stage, loaded, layer, images, chosen)
         maps.append(attr.detach().float().cpu())
         targets.append(chosen.cpu().numpy())
         offset += len(images)
         input_size = tuple(images.shape[-2:])
-    return SaliencyMaps(model=loaded.label, method=method.replace("-", "_"),
-                        maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
-                        targets=np.concatenate(targets), options=options)
+    return SaliencyResult(model=loaded.label, images=batches.num_images, method=method.replace("-", "_"),
+                          maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
+                          targets=np.concatenate(targets), options=resolved)

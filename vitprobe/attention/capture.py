@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -23,6 +23,7 @@ from vitprobe.models.attention_sites import (AttentionModel, SiteListener, ToAtt
                                              mha_math_path)
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import Result, analysis
 
 OnAttention = Callable[[int, torch.Tensor], None]
 
@@ -99,19 +100,21 @@ def select(indices: Sequence[int] | None, count: int, what: str) -> list[int]:
     return chosen
 
 
-@dataclass
-class AttentionMaps:
+@dataclass(kw_only=True)
+class AttentionMapsResult(Result):
     """Post-softmax attention of the chosen layers and heads for every image.
 
     ``weights[i]`` is layer ``layers[i]``: (images, len(heads), N, N), row = query token,
     column = key token, in the model's token order (see ``layout``).
     """
 
-    model: str
     layers: list[int]
     heads: list[int]
     layout: TokenLayout
     weights: np.ndarray
+
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "layer", "head")
+    REPORTED: ClassVar[tuple[str, ...]] = ()  # per layer and head: a figure's numbers, not a table's
 
     def query_map(self, layer: int, head: int, query: tuple[int, int] | str = "cls") -> np.ndarray:
         """(images, rows, cols): where one query (a patch (row, col), ``"cls"`` or ``"dist"``)
@@ -127,7 +130,7 @@ class AttentionMaps:
         rows = self.weights[self.layers.index(layer), :, self.heads.index(head), token]
         return rows[:, layout.num_prefix_tokens:].reshape(-1, *layout.grid)
 
-    def to_frame(self) -> pd.DataFrame:
+    def rows(self) -> list[dict]:
         """Per layer and head, averaged over images: the mass patch queries put on prefix
         tokens (``prefix_attention``) and the entropy of attention rows in nats."""
         p = self.layout.num_prefix_tokens
@@ -137,17 +140,18 @@ class AttentionMaps:
         rows = []
         for i, layer in enumerate(self.layers):
             for j, head in enumerate(self.heads):
-                rows.append({"model": self.model, "metric": "prefix_attention", "layer": layer,
-                             "head": head, "value": float(prefix_mass[i, j])})
-                rows.append({"model": self.model, "metric": "attention_entropy", "layer": layer,
-                             "head": head, "value": float(entropy[i, j])})
-        return pd.DataFrame(rows)
+                rows.append({"metric": "prefix_attention", "layer": layer, "head": head,
+                             "value": float(prefix_mass[i, j])})
+                rows.append({"metric": "attention_entropy", "layer": layer, "head": head,
+                             "value": float(entropy[i, j])})
+        return rows
 
 
+@analysis
 @torch.no_grad()
-def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike,
+def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike, *,
                    layers: Sequence[int] | None = None,
-                   heads: Sequence[int] | None = None) -> AttentionMaps:
+                   heads: Sequence[int] | None = None) -> AttentionMapsResult:
     """Raw post-softmax attention (Dosovitskiy et al. 2020) of every image for the chosen
     layers and heads (default all), captured in batches from the model's own forward pass.
 
@@ -173,5 +177,5 @@ def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike,
             raise UserError("attention_maps needs images of one size (one token layout)")
         layout = recording.layout
         per_batch.append(torch.stack([kept[layer] for layer in chosen_layers]).numpy())
-    return AttentionMaps(model=loaded.label, layers=chosen_layers, heads=chosen_heads,
+    return AttentionMapsResult(model=loaded.label, images=batches.num_images, layers=chosen_layers, heads=chosen_heads,
                          layout=layout, weights=np.concatenate(per_batch, axis=1))

@@ -12,7 +12,7 @@ from vitprobe.attention.capture import attention_maps, select
 from vitprobe.attention.distance import mean_attention_distance
 from vitprobe.attention.figures import distance_figure, overlay_figure, raw_attention_figure
 from vitprobe.attention.gradient_rollout import gradient_rollout
-from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import HEAD_FUSIONS, attention_rollout
 from vitprobe.command import Command, RunContext
 from vitprobe.data.batches import Batches
@@ -84,7 +84,7 @@ def _some(indices: list[int] | None, count: int, what: str) -> list[int]:
     return chosen
 
 
-def _vit_map(model: LoadedModel, data: Batches, args: argparse.Namespace) -> SaliencyMaps:
+def _vit_map(model: LoadedModel, data: Batches, args: argparse.Namespace) -> SaliencyResult:
     if args.method in (None, "rollout"):
         return attention_rollout(model, data, head_fusion=args.head_fusion, discard_ratio=args.discard,
                                  start_layer=args.start_layer, source=args.source)
@@ -94,7 +94,7 @@ def _vit_map(model: LoadedModel, data: Batches, args: argparse.Namespace) -> Sal
         maps = attention_maps(model, data, layers=[-1])
         source, layer = ("cls" if args.source == "both" else args.source), maps.layers[0]
         mean = np.mean([maps.query_map(layer, head, source) for head in maps.heads], axis=0)
-        return SaliencyMaps(model=model.label, method="raw_attention", maps=mean[:, None],
+        return SaliencyResult(model=model.label, images=len(mean), method="raw_attention", maps=mean[:, None],
                             sources=[source], input_size=tuple(data[0][0].shape[-2:]),
                             targets=np.full(len(mean), -1), options={"layer": layer})
     return attributions(model, data, method=args.method)
@@ -104,7 +104,7 @@ def run(ctx: RunContext) -> None:
     args = ctx.args
     if not 0.0 <= args.discard < 1.0:
         raise UserError(f"--discard must be in [0, 1), got {args.discard}")
-    panels: list[SaliencyMaps] = []
+    panels: list[SaliencyResult] = []
     distances = []
     display = None
     for model in ctx.models():

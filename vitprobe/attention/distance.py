@@ -16,6 +16,7 @@ the per-image values (each image's mean over queries).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
 from vitprobe.models.token_layout import TokenLayout
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import Result, analysis
 
 
 def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
@@ -67,47 +69,53 @@ def t_interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nd
     return mean, mean - half, mean + half
 
 
-@dataclass
-class AttentionDistance:
+@dataclass(kw_only=True)
+class AttentionDistanceResult(Result):
     """Per-image mean attention distances in pixels, (images, layers, heads), raw and
     renormalised over patch keys, plus the uniform baseline of the grid."""
 
-    model: str
     layout: TokenLayout
     raw: np.ndarray
     renormalised: np.ndarray
     baseline: float
     confidence: float = 0.95
 
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "layer", "head")
+    REPORTED: ClassVar[tuple[str, ...]] = ("layer_attention_distance", "uniform_attention_distance")
+
     def summary(self, renormalised: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, ci_low, ci_high), each (layers, heads), over images."""
         return t_interval(self.renormalised if renormalised else self.raw, self.confidence)
 
-    def to_frame(self) -> pd.DataFrame:
-        """Rows ``model, metric, layer, head, value, ci_low, ci_high, num_images``: metric
-        ``mean_attention_distance`` (raw, as the paper), ``mean_attention_distance_renormalised``
-        and one ``uniform_attention_distance`` row (the baseline; layer and head empty)."""
-        n = self.raw.shape[0]
+    def rows(self) -> list[dict]:
+        """Rows ``metric, layer, head, value, ci_low, ci_high``: metric ``mean_attention_distance``
+        (raw, as the paper), ``mean_attention_distance_renormalised``, ``layer_attention_distance``
+        (raw, the mean over heads per layer, with the interval over images of that mean) and one
+        ``uniform_attention_distance`` row (the baseline; layer and head empty)."""
         rows = []
         for metric, renorm in (("mean_attention_distance", False), ("mean_attention_distance_renormalised", True)):
             mean, low, high = self.summary(renorm)
             for layer in range(mean.shape[0]):
                 for head in range(mean.shape[1]):
-                    rows.append({"model": self.model, "metric": metric, "layer": layer, "head": head,
+                    rows.append({"metric": metric, "layer": layer, "head": head,
                                  "value": float(mean[layer, head]), "ci_low": float(low[layer, head]),
-                                 "ci_high": float(high[layer, head]), "num_images": n})
-        rows.append({"model": self.model, "metric": "uniform_attention_distance", "layer": None,
-                     "head": None, "value": self.baseline, "ci_low": self.baseline,
-                     "ci_high": self.baseline, "num_images": n})
-        frame = pd.DataFrame(rows)
-        frame["layer"] = frame["layer"].astype("Int64")
-        frame["head"] = frame["head"].astype("Int64")
-        return frame
+                                 "ci_high": float(high[layer, head])})
+        mean, low, high = t_interval(self.raw.mean(axis=2), self.confidence)
+        rows += [{"metric": "layer_attention_distance", "layer": layer, "value": float(mean[layer]),
+                  "ci_low": float(low[layer]), "ci_high": float(high[layer])} for layer in range(len(mean))]
+        rows.append({"metric": "uniform_attention_distance", "value": self.baseline,
+                     "ci_low": self.baseline, "ci_high": self.baseline})
+        return rows
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = super().to_frame()
+        return frame.astype({"layer": "Int64", "head": "Int64"})
 
 
+@analysis
 @torch.no_grad()
-def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike,
-                            confidence: float = 0.95) -> AttentionDistance:
+def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike, *,
+                            confidence: float = 0.95) -> AttentionDistanceResult:
     """Mean attention distance (Dosovitskiy et al. 2020, Fig. 7) of every layer and head, with
     a Student-t ``confidence`` interval over images and the uniform-attention baseline."""
     loaded, batches = prepared(model, data)
@@ -129,7 +137,7 @@ def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike,
         AttentionCapture(amodel, measure).run(images)
         raw_parts.append(raw)
         renorm_parts.append(renorm)
-    return AttentionDistance(model=loaded.label, layout=layout,
+    return AttentionDistanceResult(model=loaded.label, images=batches.num_images, layout=layout,
                              raw=torch.cat(raw_parts).numpy(), renormalised=torch.cat(renorm_parts).numpy(),
                              baseline=uniform_baseline(layout.grid, layout.patch_size),
                              confidence=confidence)

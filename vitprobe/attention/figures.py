@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from vitprobe.attention.capture import AttentionMaps  # noqa: E402
-from vitprobe.attention.distance import AttentionDistance  # noqa: E402
-from vitprobe.attention.maps import SaliencyMaps  # noqa: E402
+from vitprobe.attention.capture import AttentionMapsResult  # noqa: E402
+from vitprobe.attention.distance import AttentionDistanceResult  # noqa: E402
+from vitprobe.attention.maps import SaliencyResult  # noqa: E402
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def overlay_figure(images: np.ndarray, results: Sequence[SaliencyMaps], max_images: int = 4,
+def overlay_figure(images: np.ndarray, results: Sequence[SaliencyResult], max_images: int = 4,
                    source: int = 0):
     """Rows: images (displayable, (n, 3, H, W) in [0, 1]); columns: the image, then each
     result's map (first ``source``) upsampled and overlaid, one column per model."""
@@ -52,7 +52,7 @@ def overlay_figure(images: np.ndarray, results: Sequence[SaliencyMaps], max_imag
     return fig
 
 
-def raw_attention_figure(maps: AttentionMaps, image: np.ndarray, query: tuple[int, int],
+def raw_attention_figure(maps: AttentionMapsResult, image: np.ndarray, query: tuple[int, int],
                          image_index: int = 0):
     """A grid of raw attention maps (rows: layers, columns: heads) of one query patch of one
     image, with the image and the query patch outlined in the first column."""
@@ -80,7 +80,7 @@ def raw_attention_figure(maps: AttentionMaps, image: np.ndarray, query: tuple[in
     return fig
 
 
-def distance_figure(results: Sequence[AttentionDistance]):
+def distance_figure(results: Sequence[AttentionDistanceResult]):
     """One panel per model: mean attention distance (raw, as the ViT paper; pixels) against depth, one
     point per head with its confidence interval, and the uniform-attention baseline."""
     fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.0), squeeze=False,

@@ -19,10 +19,11 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture, attention_gradients, select
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
-from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import token_maps
 from vitprobe.models.outputs import logits as output_logits
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import analysis
 
 
 def gradient_rollout_matrix(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
@@ -40,8 +41,9 @@ def gradient_rollout_matrix(attentions: Sequence[torch.Tensor], gradients: Seque
     return relevance
 
 
-def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: Target = None,
-                     start_layer: int = 0, source: str = "cls") -> SaliencyMaps:
+@analysis
+def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, target: Target = None,
+                     start_layer: int = 0, source: str = "cls") -> SaliencyResult:
     """Gradient-weighted rollout maps (Chefer et al. 2021) for every image.
 
     ``target`` picks the class explained: ``None`` the model's prediction (default),
@@ -70,6 +72,6 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, target: T
         targets.append(chosen.cpu().numpy())
         input_size = tuple(images.shape[-2:])
         offset += len(images)
-    return SaliencyMaps(model=loaded.label, method="grad_rollout", maps=torch.cat(maps).numpy(),
-                        sources=sources, input_size=input_size, targets=np.concatenate(targets),
-                        options={"start_layer": start})
+    return SaliencyResult(model=loaded.label, images=batches.num_images, method="grad_rollout",
+                          maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,
+                          targets=np.concatenate(targets), options={"start_layer": start})

@@ -1,17 +1,19 @@
-"""``SaliencyMaps``: the result shared by rollout, gradient rollout and captum attributions."""
+"""``SaliencyResult``: the result shared by rollout, gradient rollout and captum attributions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from vitprobe.result import Result
 
-@dataclass
-class SaliencyMaps:
+
+@dataclass(kw_only=True)
+class SaliencyResult(Result):
     """One map per image and source, on the patch grid (rollout) or the input (attributions).
 
     ``maps`` is (images, len(sources), rows, cols); ``sources`` names what each map is read
@@ -20,13 +22,13 @@ class SaliencyMaps:
     images.
     """
 
-    model: str
     method: str
     maps: np.ndarray
     sources: list[str]
     input_size: tuple[int, int]
     targets: np.ndarray
-    options: dict
+
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "source")
 
     def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The maps bilinearly resized to ``size`` (default the input size):
@@ -45,7 +47,7 @@ class SaliencyMaps:
         inside = (maps * masks).sum(axis=(1, 2))
         return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
 
-    def to_frame(self) -> pd.DataFrame:
+    def rows(self) -> list[dict]:
         """Per source, over images (mean): the normalised entropy of the map (1 = uniform
         over the grid) and the fraction of mass on the most salient tenth of positions."""
         flat = np.clip(self.maps.astype(np.float64), 0, None).reshape(*self.maps.shape[:2], -1)
@@ -58,7 +60,6 @@ class SaliencyMaps:
         rows = []
         for j, source in enumerate(self.sources):
             for metric, values in (("map_entropy", entropy), ("top10_mass", top_mass)):
-                rows.append({"model": self.model, "metric": f"{self.method}_{metric}",
-                             "source": source, "value": float(values[:, j].mean()),
-                             "num_images": int(values.shape[0])})
-        return pd.DataFrame(rows)
+                rows.append({"metric": f"{self.method}_{metric}", "source": source,
+                             "value": float(values[:, j].mean())})
+        return rows

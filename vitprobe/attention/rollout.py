@@ -26,10 +26,11 @@ from torch import nn
 from vitprobe.attention.capture import AttentionCapture, select
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
 from vitprobe.models.token_layout import TokenLayout
-from vitprobe.attention.maps import SaliencyMaps
+from vitprobe.attention.maps import SaliencyResult
 from vitprobe.models.outputs import logits as output_logits
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import analysis
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -116,10 +117,11 @@ def token_maps(rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return patches.reshape(rows.shape[0], rows.shape[1], *layout.grid)
 
 
+@analysis
 @torch.no_grad()
-def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fusion: str = "mean",
+def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, head_fusion: str = "mean",
                       discard_ratio: float = 0.0, start_layer: int = 0,
-                      source: str = "cls") -> SaliencyMaps:
+                      source: str = "cls") -> SaliencyResult:
     """Attention rollout maps (Abnar & Zuidema 2020) for every image.
 
     ``head_fusion`` is ``mean``, ``max`` or ``min``; ``discard_ratio`` the fraction of the
@@ -149,10 +151,9 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, head_fus
         maps.append(token_maps(accumulated.rows(tokens), layout).float().cpu())
         targets.append(predictions(recording.output, len(images)))
         input_size = tuple(images.shape[-2:])
-    return SaliencyMaps(model=loaded.label, method="rollout", maps=torch.cat(maps).numpy(),
-                        sources=sources, input_size=input_size, targets=np.concatenate(targets),
-                        options={"head_fusion": head_fusion, "discard_ratio": discard_ratio,
-                                 "start_layer": start})
+    return SaliencyResult(model=loaded.label, images=batches.num_images, method="rollout",
+                          maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,
+                          targets=np.concatenate(targets), options={"start_layer": start})
 
 
 def predictions(output, batch_size: int) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_matches_replknet_script_on_a_resnet_stage(tiny_resnet):
     # the script: batch size 1, an AverageMeter over images
     peer = np.mean([replknet_input_grad(truncated, image[None].clone().requires_grad_(True))
                     for image in images], axis=0)
-    assert result.num_images == 6
+    assert result.images == 6
     np.testing.assert_allclose(result.raw[0], peer, rtol=1e-5, atol=1e-9)
     scaled = np.log10(peer + 1)
     np.testing.assert_allclose(result.scaled[0], scaled / scaled.max(), rtol=1e-5)

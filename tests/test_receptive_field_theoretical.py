@@ -15,14 +15,18 @@ from vitprobe.receptive_field import theoretical_receptive_field
 from vitprobe.receptive_field.theoretical import layer_fields
 
 
+def field_of(model, layer: str):
+    return theoretical_receptive_field(model, layer=layer).fields[layer]
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_stack_of_3x3_convolutions(n):
     model = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1) for i in range(n)])
-    field = theoretical_receptive_field(model, str(n - 1))
+    field = field_of(model, str(n - 1))
     assert field.size == (2 * n + 1, 2 * n + 1)
     assert field.jump == (1, 1)
     assert field.start == (0, 0)  # 'same' padding keeps unit 0 centred on pixel 0
-    assert theoretical_receptive_field(model, "").size == (2 * n + 1, 2 * n + 1)
+    assert field_of(model, "").size == (2 * n + 1, 2 * n + 1)
 
 
 # (kind, kernel, stride, dilation, padding): convolutions and pooling, strided and dilated
@@ -56,7 +60,7 @@ def test_strided_and_dilated_stack_follows_the_recurrence():
     for index, (kind, k, s, d, p) in enumerate(STACK):
         r, j, first = r + (k - 1) * d * j, j * s, first - p * j
         for name in (f"{kind}{index}", f"act{index}"):
-            field = theoretical_receptive_field(model, name)
+            field = field_of(model, name)
             assert field.size == (r, r), name
             assert field.jump == (j, j), name
             assert field.rows.first == first, name
@@ -68,7 +72,7 @@ def test_strided_and_dilated_stack_follows_the_recurrence():
 def test_non_square_kernels_and_strides():
     model = nn.Sequential(nn.Conv2d(1, 1, (3, 7), stride=(1, 2), padding=(1, 3)),
                           nn.Conv2d(1, 1, (5, 3), dilation=(1, 2)))
-    field = theoretical_receptive_field(model, "1")
+    field = field_of(model, "1")
     assert field.size == (3 + 4, 7 + 2 * 2 * 2)
     assert field.jump == (1, 2)
 
@@ -87,9 +91,9 @@ class TwoBranches(nn.Module):
 
 def test_parallel_branches_take_the_largest_field():
     model = TwoBranches()
-    assert theoretical_receptive_field(model, "narrow").size == (3, 3)
-    assert theoretical_receptive_field(model, "wide").size == (7, 7)
-    assert theoretical_receptive_field(model, "").size == (7, 7)
+    assert field_of(model, "narrow").size == (3, 3)
+    assert field_of(model, "wide").size == (7, 7)
+    assert field_of(model, "").size == (7, 7)
 
 
 # Hand calculation, rows of (layer, size, jump) for torchvision-style ResNets (timm default):
@@ -129,24 +133,24 @@ def test_timm_resnet_stages_match_hand_calculation(name):
     assert fields["layer1.0.conv1"].size == (first_conv, first_conv)
     # global average pooling makes the head see everything
     assert fields["global_pool"].is_global and fields[""].is_global
-    assert math.isinf(theoretical_receptive_field(model, "fc").size[0])
+    assert math.isinf(field_of(model, "fc").size[0])
 
 
 def test_squeeze_excitation_gating_is_global():
     model = timm.create_model("seresnet18", pretrained=False)
-    assert theoretical_receptive_field(model, "layer1.0.conv2").size == (27, 27)
-    assert theoretical_receptive_field(model, "layer1").is_global  # the SE mean spans the map
+    assert field_of(model, "layer1.0.conv2").size == (27, 27)
+    assert field_of(model, "layer1").is_global  # the SE mean spans the map
 
 
 def test_unknown_spatial_operation_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.Upsample(scale_factor=2), nn.Conv2d(1, 1, 3))
     with pytest.raises(UserError, match="Upsample"):
-        theoretical_receptive_field(model, "2")
+        field_of(model, "2")
 
 
 def test_missing_layer_and_vit_are_user_errors(tiny_vit):
     model = nn.Sequential(nn.Conv2d(1, 1, 3))
     with pytest.raises(UserError, match="no layer 'nope'"):
-        theoretical_receptive_field(model, "nope")
+        field_of(model, "nope")
     with pytest.raises(UserError, match="convolutional"):
-        theoretical_receptive_field(tiny_vit, "blocks.0")
+        field_of(tiny_vit, "blocks.0")

@@ -61,16 +61,12 @@ def _attention_distance(model: LoadedModel, data: Batches,
 
 
 def _attention_rows(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """The head-averaged mean attention distance per block, as receptive-field rows."""
-    per_layer = frame[frame["metric"] == "mean_attention_distance"].groupby("layer")["value"].mean()
+    """The head-averaged mean attention distance per block, as receptive-field rows named by block."""
+    rows = frame[frame["metric"] == "layer_attention_distance"]
     names = default_layers(model)
-    return pd.DataFrame({
-        "model": model.label,
-        "layer": [names[i] if len(names) == len(per_layer) else str(i) for i in per_layer.index],
-        "metric": "mean_attention_distance",
-        "threshold": math.nan,
-        "value": per_layer.to_numpy(),
-    })
+    layers = [names[i] if len(names) == len(rows) else str(i) for i in rows["layer"]]
+    return rows.assign(layer=layers, metric="mean_attention_distance", threshold=math.nan).drop(
+        columns=["head"])
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +93,7 @@ def run(ctx: RunContext) -> None:
             ctx.log(f"{model.label}: effective receptive field on {data.num_images} images at "
                     f"{size[0]}x{size[1]}")
             result = effective_receptive_field(
-                model, data, args.layer, gradient=args.gradient, objective_relu=args.objective_relu,
+                model, data, layer=args.layer, gradient=args.gradient, objective_relu=args.objective_relu,
                 scale=args.scale, exponent=args.exponent, score_on=args.score_on,
                 centre=args.centre)
             ctx.add_rows(result.to_frame())

@@ -40,6 +40,7 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.progress import log, progress
 from vitprobe.receptive_field.result import ReceptiveFieldResult
+from vitprobe.result import analysis
 from vitprobe.receptive_field.scores import DEFAULT_THRESHOLDS
 from vitprobe.receptive_field.theoretical import TheoreticalField, layer_fields
 
@@ -192,11 +193,12 @@ def score_centre(shape: tuple[int, int], centre: tuple[float, float] | None) -> 
     return tuple(min(max(math.floor(c + 0.5), 0), n - 1) for c, n in zip(centre, shape))
 
 
+@analysis
 def effective_receptive_field(
     model: nn.Module | LoadedModel,
-    images: torch.Tensor | DataLike,
-    layer: str | Sequence[str] | None = None,
+    data: DataLike,
     *,
+    layer: str | Sequence[str] | None = None,
     gradient: str = "relu",
     objective_relu: bool = True,
     scale: str = "log",
@@ -208,7 +210,7 @@ def effective_receptive_field(
     """Effective receptive field of the centre unit of ``layer`` (Luo et al. 2016), measured
     with RepLKNet's protocol (Ding et al. 2022; see the module docstring for every step).
 
-    ``model``: a :class:`LoadedModel` or a plain module (CNN or timm ViT). ``images``: a
+    ``model``: a :class:`LoadedModel` or a plain module (CNN or timm ViT). ``data``: a
     (B, C, H, W) tensor, :class:`Batches`, one ``(images, labels)`` tuple or an iterable of
     them, already preprocessed; the maps have the images' size. A timm ViT built for another
     size is run on a copy with its position embedding resampled. ``layer``: one module name or
@@ -234,7 +236,7 @@ def effective_receptive_field(
     if not all(0.0 < t < 1.0 for t in thresholds):
         raise UserError(f"mass thresholds lie in (0, 1), got {list(thresholds)}")
     loaded = as_loaded(model)
-    batches = as_batches(images)
+    batches = as_batches(data)
     size = tuple(int(v) for v in batches[0][0].shape[-2:])
     loaded = at_input_size(loaded, size)
     layers = default_layers(loaded, size) if layer is None else (
@@ -271,7 +273,7 @@ def effective_receptive_field(
         centre_units=units,
         score_centres=centres,
         output_grids=grids,
-        num_images=used,
+        images=used,
         gradient=gradient,
         objective_relu=objective_relu,
         scale=scale,

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 
 from vitprobe.receptive_field import scores
 from vitprobe.receptive_field.theoretical import TheoreticalField
+from vitprobe.result import Result
 
 
-@dataclass
-class ReceptiveFieldResult:
+@dataclass(kw_only=True)
+class ReceptiveFieldResult(Result):
     """Effective receptive fields (Luo et al. 2016) of one model, one map per layer.
 
     ``raw[i]`` is the mean over images of the input-gradient map of layer ``layers[i]``'s
@@ -28,7 +29,6 @@ class ReceptiveFieldResult:
     (None for ViTs or when the graph could not be traced).
     """
 
-    model: str
     family: str
     input_size: tuple[int, int]
     layers: list[str]
@@ -37,7 +37,6 @@ class ReceptiveFieldResult:
     centre_units: list[tuple[int, int]]
     score_centres: list[tuple[int, int]]
     output_grids: list[tuple[int, int]]
-    num_images: int
     gradient: str
     objective_relu: bool
     scale: str
@@ -86,13 +85,12 @@ class ReceptiveFieldResult:
                              (f"{name}_cols", math.nan, cols_value)]
         return rows
 
-    def to_frame(self) -> pd.DataFrame:
-        """Tidy rows ``model, layer, metric, threshold, value`` (pixels for sides, radii,
-        distances, sizes and jumps; fractions of the input's pixels for area ratios)."""
-        records = [
-            {"model": self.model, "layer": layer, "metric": metric, "threshold": t, "value": value}
-            for index, layer in enumerate(self.layers)
-            for metric, t, value in self.layer_scores(index)
-        ]
-        return pd.DataFrame.from_records(
-            records, columns=["model", "layer", "metric", "threshold", "value"])
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "layer", "threshold")
+    REPORTED: ClassVar[tuple[str, ...]] = ("mean_distance",)
+
+    def rows(self) -> list[dict]:
+        """Rows ``metric, layer, threshold, value`` (pixels for sides, radii, distances, sizes and
+        jumps; fractions of the input's pixels for area ratios)."""
+        return [{"metric": metric, "layer": layer, "threshold": t, "value": value}
+                for index, layer in enumerate(self.layers)
+                for metric, t, value in self.layer_scores(index)]

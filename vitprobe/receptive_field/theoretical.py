@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.fx as fx
@@ -42,7 +43,9 @@ from torch import nn
 
 from vitprobe.errors import UserError
 from vitprobe.models.input_config import pair
+from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.result import Result, analysis
 
 
 @dataclass(frozen=True)
@@ -306,22 +309,48 @@ def layer_fields(model: nn.Module | LoadedModel) -> dict[str, TheoreticalField]:
     return result
 
 
-def theoretical_receptive_field(model: nn.Module | LoadedModel, layer: str) -> TheoreticalField:
+@dataclass(kw_only=True)
+class TheoreticalFieldResult(Result):
+    """The theoretical receptive field of each layer asked for, by layer name."""
+
+    fields: dict[str, TheoreticalField]
+
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "layer", "axis")
+
+    def rows(self) -> list[dict]:
+        """``theoretical_size`` and ``theoretical_jump`` per layer and axis (rows, cols), in input
+        pixels (``inf`` and NaN for a global field)."""
+        return [{"metric": f"theoretical_{what}", "layer": name, "axis": axis_name,
+                 "value": float(getattr(axis, what))}
+                for name, field in self.fields.items()
+                for axis_name, axis in (("rows", field.rows), ("cols", field.cols))
+                for what in ("size", "jump")]
+
+
+@analysis
+def theoretical_receptive_field(model: nn.Module | LoadedModel, data: DataLike | None = None, *,
+                                layer: str | Sequence[str]) -> TheoreticalFieldResult:
     """Theoretical receptive field (size, jump, centre offset) of the output units of ``layer``.
 
     ``layer`` is any module name of the model (``"layer2"``, ``"layer2.0.conv1"``, ``"3"`` in an
-    ``nn.Sequential``; ``""`` for the model's output). Sizes and jumps are in input pixels,
-    per axis (rows, columns). See the module docstring for the recurrence and its conventions.
+    ``nn.Sequential``; ``""`` for the model's output), or several. Sizes and jumps are in input
+    pixels, per axis (rows, columns). See the module docstring for the recurrence and its
+    conventions. The field does not depend on images: ``data`` may be None (given, its image
+    count goes in the result's header).
     """
     loaded = as_loaded(model)
     if loaded.family == "vit":
         raise UserError("a theoretical receptive field is defined for convolutional networks; "
                         "every token of a ViT sees the whole image from its first attention block")
     fields = layer_fields(loaded)
-    if layer not in fields:
-        names = [name for name, _ in loaded.module.named_modules()]
-        if layer in names:
-            raise UserError(f"layer {layer!r} returns no spatial tensor that depends on the input")
-        raise UserError(f"the model has no layer {layer!r}; some of its layers: "
-                        f"{', '.join(n for n in names[1:9])}, ...")
-    return fields[layer]
+    chosen = {}
+    for name in [layer] if isinstance(layer, str) else list(layer):
+        if name not in fields:
+            names = [n for n, _ in loaded.module.named_modules()]
+            if name in names:
+                raise UserError(f"layer {name!r} returns no spatial tensor that depends on the input")
+            raise UserError(f"the model has no layer {name!r}; some of its layers: "
+                            f"{', '.join(n for n in names[1:9])}, ...")
+        chosen[name] = fields[name]
+    images = 0 if data is None else as_batches(data).num_images
+    return TheoreticalFieldResult(model=loaded.label, images=images, fields=chosen)

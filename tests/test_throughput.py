@@ -44,8 +44,8 @@ def test_rows_carry_device_dtype_batch_resolution_threads(tiny_vit) -> None:
 
 
 def test_input_size_and_bf16_leave_the_callers_model_alone(tiny_resnet) -> None:
-    result = measure_throughput(tiny_resnet, batch_size=2, precision="bf16", channels_last=True,
-                                warmup=0, steps=1, input_size=(24, 20))
+    result = measure_throughput(tiny_resnet, torch.zeros(1, 3, 24, 20), batch_size=2, precision="bf16",
+                                channels_last=True, warmup=0, steps=1)
     row = result.to_frame().iloc[0]
     assert (row["dtype"], row["resolution"], row["channels_last"]) == ("bf16", "24x20", True)
     assert all(p.dtype == torch.float32 for p in tiny_resnet.parameters())
@@ -53,7 +53,7 @@ def test_input_size_and_bf16_leave_the_callers_model_alone(tiny_resnet) -> None:
 
 def test_out_of_memory_halves_the_batch() -> None:
     module = RunsOutAbove(limit=5)
-    result = measure_throughput(module, batch_size=16, warmup=2, steps=3, input_size=(8, 8))
+    result = measure_throughput(module, torch.zeros(1, 3, 8, 8), batch_size=16, warmup=2, steps=3)
     assert (result.batch_size, result.requested_batch_size) == (4, 16)
     # 16 and 8 fail on their first warm-up step; 4 runs 2 warm-up + 3 timed steps
     assert SEEN == [16, 8, 4, 4, 4, 4, 4]
@@ -64,7 +64,7 @@ def test_out_of_memory_halves_the_batch() -> None:
 def test_out_of_memory_at_batch_one_is_a_user_error() -> None:
     module = RunsOutAbove(limit=0)
     with pytest.raises(UserError, match="even at batch size 1"):
-        measure_throughput(module, batch_size=2, warmup=0, steps=1, input_size=(8, 8))
+        measure_throughput(module, torch.zeros(1, 3, 8, 8), batch_size=2, warmup=0, steps=1)
     assert SEEN == [2, 1]
 
 
@@ -74,7 +74,7 @@ def test_fp16_on_cpu_is_refused(tiny_vit) -> None:
 
 
 def test_every_step_is_timed_on_its_own_as_timm_does(tiny_vit) -> None:
-    result = measure_throughput(tiny_vit, batch_size=4, warmup=1, steps=5, input_size=(16, 16))
+    result = measure_throughput(tiny_vit, torch.zeros(1, 3, 16, 16), batch_size=4, warmup=1, steps=5)
     assert len(result.step_seconds) == 5 and all(t > 0 for t in result.step_seconds)
     assert sum(result.step_seconds) <= result.seconds
     frame = result.to_frame().set_index("metric")

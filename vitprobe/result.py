@@ -40,6 +40,7 @@ class Result:
     INDEX: ClassVar[tuple[str, ...]] = ("metric",)
     ANNOTATIONS: ClassVar[tuple[str, ...]] = ()
     REPORTED: ClassVar[tuple[str, ...] | None] = None  # metrics in report's default table; None: all
+    TIMES_ITSELF: ClassVar[bool] = False  # True: ``seconds`` is the analysis's own measurement
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per measured value, holding index, value and annotation columns."""
@@ -84,7 +85,8 @@ def analysis(function: Function) -> Function:
         result = function(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        result.seconds = time.perf_counter() - started
+        if not result.TIMES_ITSELF:
+            result.seconds = time.perf_counter() - started
         given = {name: plain(value) for name, value in bound.arguments.items() if name not in ("model", "data")}
         result.options = {**given, **result.options}
         return result

@@ -11,7 +11,7 @@ from vitprobe.evaluation.figures import reliability_figure
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluate")
-    group.add_argument("--topk", type=int, nargs="+", default=[1, 5], metavar="K",
+    group.add_argument("--top-k", type=int, nargs="+", default=[1, 5], metavar="K",
                        help="top-k accuracies to report (default: 1 5; a k not below the number "
                             "of classes is skipped)")
     group.add_argument("--ece-bins", type=int, default=15, metavar="M",
@@ -26,11 +26,11 @@ def run(ctx: RunContext) -> None:
     args, results = ctx.args, []
     for model in ctx.models():
         with ctx.isolated(model.label):
-            result = evaluate(model, ctx.data(model), topk=args.topk, num_bins=args.ece_bins,
+            result = evaluate(model, ctx.data(model), top_k=args.top_k, num_bins=args.ece_bins,
                               bootstrap_samples=args.bootstrap, confidence=args.confidence,
                               seed=args.seed)
-            if result.skipped_topk:
-                ctx.log(f"{model.label}: top-{', '.join(map(str, result.skipped_topk))} skipped: "
+            if result.skipped_top_k:
+                ctx.log(f"{model.label}: top-{', '.join(map(str, result.skipped_top_k))} skipped: "
                         f"the model has only {result.num_classes} classes")
             frame = result.to_frame()
             ctx.add_rows(frame)

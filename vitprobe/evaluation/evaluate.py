@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,19 +17,19 @@ from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.models.outputs import check_labels, logits as output_logits
+from vitprobe.result import Result, analysis
 
 
-@dataclass
-class EvaluationResult:
+@dataclass(kw_only=True)
+class EvaluationResult(Result):
     """Per-image outcomes of one model on one labelled set, and their summary.
 
     ``correct[k]`` says whether the label was among the k highest logits of each image;
     ``confidences`` are top-1 softmax probabilities; ``losses`` per-image cross-entropy.
-    ``skipped_topk`` lists the k that were not computed because the model has fewer
+    ``skipped_top_k`` lists the k that were not computed because the model has fewer
     classes (top-k would be 1 by construction).
     """
 
-    model: str
     num_classes: int
     losses: np.ndarray
     confidences: np.ndarray
@@ -38,11 +38,7 @@ class EvaluationResult:
     confidence_level: float = 0.95
     bootstrap_samples: int = 1000
     seed: int = 0
-    skipped_topk: list[int] = field(default_factory=list)
-
-    @property
-    def num_images(self) -> int:
-        return int(len(self.losses))
+    skipped_top_k: list[int] = field(default_factory=list)
 
     def accuracy(self, k: int = 1) -> float:
         return float(self.correct[k].mean())
@@ -55,9 +51,11 @@ class EvaluationResult:
     def ece(self) -> float:
         return float(expected_calibration_error(self.confidences, self.correct[1], self.num_bins))
 
-    def to_frame(self) -> pd.DataFrame:
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("interval", "confidence", "classes", "ece_bins")
+
+    def rows(self) -> list[dict]:
         """Rows ``top1``, ``top5`` (Wilson intervals), ``loss`` and ``ece`` (bootstrap)."""
-        n, rows = self.num_images, []
+        n, rows = self.images, []
         for k, hits in sorted(self.correct.items()):
             low, high = wilson_interval(int(hits.sum()), n, self.confidence_level)
             rows.append((f"top{k}", float(hits.mean()), low, high, "wilson"))
@@ -69,20 +67,18 @@ class EvaluationResult:
                                                    self.num_bins, resamples=idx),
             n, self.bootstrap_samples, self.confidence_level, self.seed)
         rows.append(("ece", self.ece, *ece_ci, "bootstrap"))
-        frame = pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high", "interval"])
-        frame.insert(0, "model", self.model)
-        frame["confidence"] = self.confidence_level
-        frame["images"] = n
-        frame["classes"] = self.num_classes
-        frame["ece_bins"] = self.num_bins
-        return frame
+        return [{"metric": metric, "value": value, "ci_low": low, "ci_high": high, "interval": interval,
+                 "confidence": self.confidence_level, "classes": self.num_classes, "ece_bins": self.num_bins}
+                for metric, value, low, high, interval in rows]
 
 
+@analysis
 @torch.inference_mode()
 def evaluate(
     model: LoadedModel | nn.Module,
     data: DataLike,
-    topk: Sequence[int] = (1, 5),
+    *,
+    top_k: Sequence[int] = (1, 5),
     num_bins: int = 15,
     bootstrap_samples: int = 1000,
     confidence: float = 0.95,
@@ -93,14 +89,14 @@ def evaluate(
     Top-k accuracies get Wilson score intervals; the mean cross-entropy and the expected
     calibration error (Guo et al. 2017: ``num_bins`` equal-width bins of the top-1
     confidence) get percentile-bootstrap intervals over images, seeded by ``seed``.
-    A k larger than the number of classes is skipped (listed in ``skipped_topk``): top-k
+    A k larger than the number of classes is skipped (listed in ``skipped_top_k``): top-k
     would be 1 by construction. Labels that are the model's own predictions
     (``Batches.labels_from_model``) are refused: accuracy against them is meaningless.
     """
-    if (not topk or min(topk) < 1 or num_bins < 1 or bootstrap_samples < 1
+    if (not top_k or min(top_k) < 1 or num_bins < 1 or bootstrap_samples < 1
             or not 0 < confidence < 1):
         raise UserError(f"need top-k values >= 1, ECE bins >= 1, bootstrap resamples >= 1 and a "
-                        f"confidence in (0, 1) (got {list(topk)}, {num_bins}, {bootstrap_samples}, "
+                        f"confidence in (0, 1) (got {list(top_k)}, {num_bins}, {bootstrap_samples}, "
                         f"{confidence})")
     loaded = as_loaded(model)
     batches = as_batches(data)
@@ -125,9 +121,10 @@ def evaluate(
         target = logits.gather(1, labels[:, None])
         ranks.append((logits > target).sum(1).cpu())
     rank = torch.cat(ranks).numpy()
-    kept = [k for k in topk if k < num_classes]
+    kept = [k for k in top_k if k < num_classes]
     return EvaluationResult(
         model=loaded.label,
+        images=batches.num_images,
         num_classes=int(num_classes),
         losses=torch.cat(losses).numpy().astype(np.float64),
         confidences=torch.cat(confidences).numpy().astype(np.float64),
@@ -136,5 +133,5 @@ def evaluate(
         confidence_level=confidence,
         bootstrap_samples=bootstrap_samples,
         seed=seed,
-        skipped_topk=[k for k in topk if k >= num_classes and k != 1],
+        skipped_top_k=[k for k in top_k if k >= num_classes and k != 1],
     )

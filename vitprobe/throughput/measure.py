@@ -5,28 +5,28 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
+from vitprobe.result import Result, analysis
 from vitprobe.progress import log
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
-class ThroughputResult:
-    """One timed run: ``images`` images in ``seconds`` of wall time, and the conditions."""
+@dataclass(kw_only=True)
+class ThroughputResult(Result):
+    """One timed run: ``images`` images in ``seconds`` of wall time (the timed loop), and the
+    conditions."""
 
-    model: str
     images_per_second: float
-    seconds: float
     step_seconds: list[float]
-    images: int
     steps: int
     warmup: int
     batch_size: int
@@ -44,14 +44,18 @@ class ThroughputResult:
         """Images per second per CPU thread (Chen et al. report CPU throughput per core)."""
         return self.images_per_second / self.threads if self.device.startswith("cpu") else None
 
-    def to_frame(self) -> pd.DataFrame:
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = (
+        "device", "dtype", "batch", "requested_batch", "resolution", "threads", "channels_last",
+        "compiled", "warmup", "steps", "parameters")
+    REPORTED: ClassVar[tuple[str, ...]] = ("images_per_s",)
+    TIMES_ITSELF: ClassVar[bool] = True
+
+    def rows(self) -> list[dict]:
         rows = [("images_per_s", self.images_per_second),
                 ("ms_per_batch", 1000 * self.seconds / self.steps),
                 ("ms_per_step_median", 1000 * float(np.median(self.step_seconds)))]
         if self.images_per_second_per_core is not None:
             rows.append(("images_per_s_per_core", self.images_per_second_per_core))
-        frame = pd.DataFrame(rows, columns=["metric", "value"])
-        frame.insert(0, "model", self.model)
         conditions = {
             "device": self.device, "dtype": self.precision, "batch": self.batch_size,
             "requested_batch": self.requested_batch_size,
@@ -60,9 +64,7 @@ class ThroughputResult:
             "compiled": self.compiled, "warmup": self.warmup, "steps": self.steps,
             "parameters": self.parameters,
         }
-        for name, value in conditions.items():
-            frame[name] = value
-        return frame
+        return [{"metric": metric, "value": value, **conditions} for metric, value in rows]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -94,8 +96,11 @@ def _timed_run(module: nn.Module, inputs: torch.Tensor, warmup: int, steps: int,
     return time.perf_counter() - start, step_seconds
 
 
+@analysis
 def measure_throughput(
     model: LoadedModel | nn.Module,
+    data: DataLike | None = None,
+    *,
     batch_size: int = 256,
     precision: str = "fp32",
     channels_last: bool = False,
@@ -103,11 +108,11 @@ def measure_throughput(
     device: torch.device | str | None = None,
     warmup: int = 10,
     steps: int = 50,
-    input_size: tuple[int, int] | None = None,
 ) -> ThroughputResult:
     """Inference images per second of ``model``, as timm's ``benchmark.py`` measures it.
 
-    Synthetic ``randn`` inputs at the model's resolution (or ``input_size``), the model in
+    Synthetic ``randn`` inputs of the shape of ``data``'s images (default: the model's input
+    configuration), the model in
     eval mode under ``torch.inference_mode``, ``warmup`` untimed steps, then ``steps``
     timed steps with device synchronisation before and after; images per second =
     images / wall time of the timed loop (Touvron et al. 2021 measure DeiT this way).
@@ -132,8 +137,10 @@ def measure_throughput(
                                                     memory_format=memory_format)
     if compile:
         module = torch.compile(module)
-    height, width = input_size or loaded.input_size
-    channels = int(loaded.data_config["input_size"][0])
+    if data is None:
+        channels, (height, width) = int(loaded.data_config["input_size"][0]), loaded.input_size
+    else:
+        channels, height, width = (int(v) for v in as_batches(data)[0][0].shape[1:])
     batch = batch_size
     while True:
         try:

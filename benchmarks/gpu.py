@@ -116,7 +116,7 @@ def benchmark(kind: str, name: str, args, device: torch.device) -> list[dict]:
                                device=device)
     forward = forward_seconds(model.module, landscape_data, device)
     with Step(device) as step:
-        loss_landscape(model, landscape_data, "random", grid=(grid, grid), seed=0)
+        loss_landscape(model, landscape_data, directions="random", grid=(grid, grid), seed=0)
     add(f"{grid}x{grid} landscape", step, step.seconds / (grid * grid * forward), "x points x forward")
     return rows
 

@@ -25,7 +25,7 @@ def test_two_models_write_csv_npz_and_figures(tmp_path, capsys):
                    *TINY, "--out", str(tmp_path)])
     assert status == 0
     frame = pd.read_csv(tmp_path / "landscape.csv")
-    assert list(frame.columns) == ["model", "alpha", "beta", "metric", "value"]
+    assert list(frame.columns) == ["model", "metric", "alpha", "beta", "value", "images", "seconds"]
     assert sorted(frame.model.unique()) == ["tiny_resnet", "tiny_vit"]
     assert len(frame) == 2 * 2 * 3 * 5
     with np.load(tmp_path / "landscape.npz") as npz:

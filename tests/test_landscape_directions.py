@@ -110,7 +110,7 @@ def test_eigen_directions_have_the_hessian_curvature(tiny_batches):
                                 torch.nn.Tanh(), torch.nn.Linear(4, 3)).double().eval()
     batches = [(x.double(), y) for x, y in tiny_batches]
     h = 1e-3
-    result = loss_landscape(model, batches, "eigen", grid=3, span=(-h, h))
+    result = loss_landscape(model, batches, directions="eigen", grid=3, span=(-h, h))
     d1 = result.directions[0]
     assert sum(float((t.double() ** 2).sum()) for t in d1.values()) == pytest.approx(1.0, rel=1e-6)
     # dense Hessian of the mean loss (independent ground truth)

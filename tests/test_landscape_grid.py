@@ -126,13 +126,13 @@ def test_interpolation_ends_are_the_two_checkpoints(tiny_batches):
     with torch.inference_mode():
         loss_a = F.cross_entropy(a(images).double(), labels).item()
         loss_b = F.cross_entropy(b(images).double(), labels).item()
-    result = loss_landscape(a, tiny_batches, "interpolate", grid=5, span=(-1, 1), to=b)
+    result = loss_landscape(a, tiny_batches, directions="interpolate", grid=5, span=(-1, 1), to=b)
     assert result.at(0.0) == pytest.approx(loss_a, rel=1e-6)
     assert result.at(1.0) == pytest.approx(loss_b, rel=1e-5)  # weights and BN statistics of b
-    kept = loss_landscape(a, tiny_batches, "interpolate", grid=5, to=b, bn_stats="keep")
+    kept = loss_landscape(a, tiny_batches, directions="interpolate", grid=5, to=b, bn_stats="keep")
     assert kept.at(1.0) != pytest.approx(loss_b, rel=1e-3)  # b's weights with a's statistics
     # recalibrated: at alpha = 1, b's weights with statistics from one pass over the data
-    recalibrated = loss_landscape(a, [(images, labels)], "interpolate", grid=5, to=b, bn_stats="recalibrate")
+    recalibrated = loss_landscape(a, [(images, labels)], directions="interpolate", grid=5, to=b, bn_stats="recalibrate")
     reference = copy.deepcopy(b)
     for m in reference.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -145,7 +145,7 @@ def test_interpolation_ends_are_the_two_checkpoints(tiny_batches):
         expected = F.cross_entropy(reference(images).double(), labels).item()
     assert recalibrated.at(1.0) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(UserError, match="interpolate"):
-        loss_landscape(a, tiny_batches, "random", grid=3, bn_stats="interpolate")
+        loss_landscape(a, tiny_batches, directions="random", grid=3, bn_stats="interpolate")
 
 
 @pytest.mark.parametrize("grid, span, alphas, betas", [

@@ -88,7 +88,7 @@ def run(ctx: RunContext) -> None:
             target = ctx.load_model(to_spec) if to_spec else None
             label = model.label if target is None else f"{model.label}->{target.label}"
             folder = _unique(_slug(label), folders)
-            result = loss_landscape(model, ctx.data(model), args.directions, grid=args.grid, span=span,
+            result = loss_landscape(model, ctx.data(model), directions=args.directions, grid=args.grid, span=span,
                                     beta_span=args.beta_span, to=target, seed=args.seed,
                                     include_bn=args.include_bn, bn_stats=args.bn_stats,
                                     store=ctx.out / "landscape.parts" / folder, resume=args.resume,

@@ -22,6 +22,7 @@ from vitprobe.landscape.schedule import claims, gather, parse_shard, shard_point
 from vitprobe.landscape.store import PartStore, Values, tensors_sha256
 from vitprobe.models.loaded import LoadedModel, as_loaded, module_device
 from vitprobe.progress import log, progress
+from vitprobe.result import analysis
 
 DirectionKind = Literal["random", "eigen", "interpolate"]
 BNStats = Literal["keep", "interpolate", "recalibrate"]
@@ -31,14 +32,15 @@ ALGORITHM = "li2018-filter-norm/1"  # bump when directions or evaluation change:
 BN_STATS = ("keep", "interpolate", "recalibrate")
 
 
+@analysis
 def loss_landscape(
     model: nn.Module | LoadedModel,
     data: DataLike,
+    *,
     directions: DirectionKind = "random",
     grid: GridLike = (51, 51),
     span: SpanLike = (-1, 1),
     beta_span: SpanLike | None = None,
-    *,
     to: nn.Module | LoadedModel | None = None,
     seed: int = 0,
     include_bn: bool = False,
@@ -160,7 +162,7 @@ def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, 
                 seed=seed, computed=len(computed), reused=len(done), missing=axes.size - len(values),
                 images=batches.num_images)
     directions = [{n: t.detach().cpu() for n, t in d.items()} for d in (first, second) if d is not None]
-    return LandscapeResult(model=label, kind=kind, alphas=axes.alphas, betas=axes.betas, loss=loss,
+    return LandscapeResult(model=label, images=batches.num_images, kind=kind, alphas=axes.alphas, betas=axes.betas, loss=loss,
                            accuracy=accuracy, directions=directions, cosine=cosine, info=info)
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from vitprobe.landscape.directions import Direction
+from vitprobe.result import Result
 
 METRICS = ("loss", "accuracy")
 
 
-@dataclass
-class LandscapeResult:
+@dataclass(kw_only=True)
+class LandscapeResult(Result):
     """Loss and accuracy at theta0 + alpha * d1 + beta * d2.
 
     ``loss`` and ``accuracy`` have shape ``[len(betas), len(alphas)]`` (rows beta, columns
@@ -25,7 +25,6 @@ class LandscapeResult:
     call computed versus found already done.
     """
 
-    model: str
     kind: str
     alphas: np.ndarray
     betas: np.ndarray
@@ -63,10 +62,12 @@ class LandscapeResult:
             return {metric: float("nan") for metric in METRICS}
         return {metric: self.at(0.0, 0.0, metric) for metric in METRICS}
 
-    def to_frame(self) -> pd.DataFrame:
-        """Tidy rows: model, alpha, beta, metric (loss | accuracy), value."""
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "alpha", "beta")
+    REPORTED: ClassVar[tuple[str, ...]] = ()  # a surface is a figure, not a table
+
+    def rows(self) -> list[dict]:
+        """Tidy rows: metric (loss | accuracy), alpha, beta, value."""
         alpha, beta = np.meshgrid(self.alphas, self.betas)
-        frames = [pd.DataFrame({"model": self.model, "alpha": alpha.ravel(), "beta": beta.ravel(),
-                                "metric": metric, "value": self.surface(metric).ravel()})
-                  for metric in METRICS]
-        return pd.concat(frames, ignore_index=True)
+        return [{"metric": metric, "alpha": float(a), "beta": float(b), "value": float(v)}
+                for metric in METRICS
+                for a, b, v in zip(alpha.ravel(), beta.ravel(), self.surface(metric).ravel())]

@@ -193,6 +193,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["csv_binary"] = root / "csv_binary"
     f["csv_binary"].mkdir()
     (f["csv_binary"] / "evaluate.csv").write_bytes(np.random.default_rng(1).bytes(512))
+    for name in ("csv_empty", "csv_binary"):  # the run's JSON declares the CSV's columns
+        (f[name] / "evaluate.json").write_text('{"columns": {"index": ["metric"], "reported": null}}')
     f["a_file"] = root / "a_file.txt"
     f["a_file"].write_text("x")
     study = '[study]\nmodels = ["demo:vit"]\n{study}\n[evaluate]\n{section}\n'
@@ -309,7 +311,7 @@ COMMAND_BAD = {
     ],
     "evaluate": [
         ("confidence", ["--confidence", "1.5"], r"a confidence in \(0, 1\)"),
-        ("topk", ["--topk", "0"], r"top-k values >= 1"),
+        ("top_k", ["--top-k", "0"], r"top-k values >= 1"),
         ("bins", ["--ece-bins", "0"], r"ECE bins >= 1"),
         ("bootstrap", ["--bootstrap", "0"], r"bootstrap resamples >= 1"),
     ],

@@ -19,7 +19,7 @@ num_images = 32
 seed = 3
 
 [evaluate]
-topk = [1, 2]
+top_k = [1, 2]
 ece_bins = 10
 
 [throughput]
@@ -52,7 +52,7 @@ def test_good_recipe_becomes_command_lines(tmp_path: Path) -> None:
     evaluate, throughput = (analysis_argv(a.command, analysis_settings(recipe, a), out)
                             for a in recipe.analyses)
     assert evaluate == ["evaluate", "--model", "demo:vit", "--model", "demo:resnet",
-                        "--num-images", "32", "--seed", "3", "--topk", "1", "2",
+                        "--num-images", "32", "--seed", "3", "--top-k", "1", "2",
                         "--ece-bins", "10", "--data", "shapes", "--out", str(out)]
     assert throughput == ["throughput", "--model", "demo:vit", "--num-images", "32", "--seed", "3",
                           "--channels-last", "--steps", "4", "--input-size", "24", "20",

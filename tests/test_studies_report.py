@@ -33,7 +33,10 @@ resnet,trace,3021.7,,45.67
 """
 SIDECAR = {"command": "evaluate", "status": "complete",
            "models": [{"label": "vit", "parameters": 86567656},
-                      {"label": "resnet", "parameters": 60192808}]}
+                      {"label": "resnet", "parameters": 60192808}],
+           "columns": {"index": ["metric"], "reported": ["top1", "top5", "loss", "ece"]}}
+DECLARED = {"throughput": {"index": ["metric"], "reported": ["images_per_s"]},
+            "sharpness": {"index": ["metric", "k"], "reported": ["eigenvalue", "trace"]}}
 
 
 @pytest.fixture
@@ -44,7 +47,9 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
     (first / "evaluate.csv").write_text(EVALUATE)
     (first / "throughput.csv").write_text(THROUGHPUT)
     (first / "evaluate.json").write_text(json.dumps(SIDECAR))
+    (first / "throughput.json").write_text(json.dumps({"columns": DECLARED["throughput"]}))
     (second / "sharpness.csv").write_text(SHARPNESS)
+    (second / "sharpness.json").write_text(json.dumps({"columns": DECLARED["sharpness"]}))
     (second / "notes.csv").write_text("a,b\n1,2\n")  # not tidy: ignored
     return first, second
 
@@ -58,10 +63,10 @@ def test_default_markdown_table(runs, tmp_path, capsys) -> None:
     first, second = runs
     out = _report(capsys, str(first), str(second))
     expected = """\
-| model | params (M) | images_per_s | ms_per_batch | top1 | trace |
-|---|---:|---:|---:|---:|---:|
-| vit | 86.57 | 1235 | 51.84 | 0.813 ± 0.062 | 10234 ± 123 |
-| resnet | 60.19 | 2345 | 27.29 | 0.700 ± 0.062 | 3022 ± 46 |
+| model | params (M) | images_per_s | top1 | eigenvalue[k=1] | eigenvalue[k=2] | trace |
+|---|---:|---:|---:|---:|---:|---:|
+| vit | 86.57 | 1235 | 0.813 ± 0.062 | 738.8 | 512.3 | 10234 ± 123 |
+| resnet | 60.19 | 2345 | 0.700 ± 0.062 | 179.8 | 101.5 | 3022 ± 46 |
 
 ± is the half-width of the confidence interval for top1; the standard error for trace.
 """
@@ -87,9 +92,16 @@ resnet,60.192808,179.8,101.5,0.7,0.0625
 def test_latex_escapes_and_uses_math_pm(runs, tmp_path, capsys) -> None:
     first, _ = runs
     out = _report(capsys, str(first), "--pivot", "top1", "images_per_s", "--format", "latex")
-    assert out.splitlines()[:4] == [r"\begin{tabular}{lrrr}", r"\toprule",
-                                    r"model & params (M) & top1 & images\_per\_s \\", r"\midrule"]
-    assert r"vit & 86.57 & $0.813 \pm 0.062$ & 1235 \\" in out
+    assert out == "\n".join([
+        r"\begin{tabular}{lrrr}",
+        r"\toprule",
+        r"model & params (M) & top1 & images\_per\_s \\",
+        r"\midrule",
+        r"vit & 86.57 & $0.813 \pm 0.062$ & 1235 \\",
+        r"resnet & 60.19 & $0.700 \pm 0.062$ & 2345 \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+        "% ± is the half-width of the confidence interval for top1.", ""])
 
 
 def test_the_same_model_in_two_runs_gets_the_run_in_its_label(runs, tmp_path, capsys) -> None:
@@ -97,6 +109,7 @@ def test_the_same_model_in_two_runs_gets_the_run_in_its_label(runs, tmp_path, ca
     third = tmp_path / "run3"
     third.mkdir()
     (third / "evaluate.csv").write_text(EVALUATE.replace("0.813", "0.9"))
+    (third / "evaluate.json").write_text(json.dumps(SIDECAR))
     out = _report(capsys, str(first), str(third), "--pivot", "top1", "--format", "csv")
     rows = out.splitlines()[1:]
     assert rows[0].startswith(f"vit ({first}),86.567656,0.813")
@@ -110,7 +123,7 @@ def test_unknown_metric_and_empty_folder_are_user_errors(runs, tmp_path, capsys)
     assert "no metric 'accuracy'" in err and "metrics: images_per_s, ms_per_batch, top1" in err
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
-    assert "no tidy CSVs" in capsys.readouterr().err
+    assert "no vitprobe tables" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value,error,text", [
@@ -125,10 +138,10 @@ def test_format_cell(value, error, text) -> None:
 def test_zero_width_intervals_are_not_uncertainties() -> None:
     import pandas as pd
 
-    from vitprobe.studies.pivot import legend, pivot
+    from vitprobe.studies.pivot import Runs, legend, pivot
 
     frame = pd.DataFrame({"model": ["a", "a"], "metric": ["exact", "noisy"], "value": [2.0, 3.0],
                           "ci_low": [2.0, 2.5], "ci_high": [2.0, 3.5], "run": "r", "analysis": "x"})
-    table = pivot(frame)
+    table = pivot(Runs(frame, ["metric"], {"exact", "noisy"}))
     assert table.kinds == {"noisy": "ci"}
     assert legend(table) == "± is the half-width of the confidence interval for noisy."

@@ -1,8 +1,10 @@
 """vitprobe: diagnostics for trained vision models (ViTs and ResNets above all).
 
-Public API: ``load_model``, ``load_data`` and one function per analysis. Every analysis
-takes a :class:`LoadedModel` or a plain ``torch.nn.Module``, and data as an iterable of
-``(images, labels)`` or one such tuple. Names are imported on first use.
+Public API: ``load_model``, ``load_data`` and one function per analysis, each called as
+``analysis(model, data, *, options...) -> XResult``: ``model`` a :class:`LoadedModel` or a plain
+``torch.nn.Module``, ``data`` an iterable of ``(images, labels)``, one such tuple or a tensor.
+The solvers (``eigenpairs``, ``trace_estimate``, ``spectral_density``) take any symmetric
+operator. Names are imported on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ _EXPORTS = {
     "Batches": "vitprobe.data",
     "UserError": "vitprobe.errors",
     "HessianOperator": "vitprobe.sharpness",
+    "eigenpairs": "vitprobe.sharpness",
+    "trace_estimate": "vitprobe.sharpness",
+    "spectral_density": "vitprobe.sharpness",
     "hessian_spectrum": "vitprobe.sharpness",
     "hessian_trace": "vitprobe.sharpness",
     "hessian_density": "vitprobe.sharpness",

@@ -75,6 +75,7 @@ class RunContext:
     failures: list[dict[str, str]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     choices: dict[str, dict] = field(default_factory=dict)  # how each model was computed
+    declared: dict[str, list[str]] = field(default_factory=lambda: {"index": [], "reported": []})
     input_overrides: InputOverrides = field(default_factory=InputOverrides)  # set by check_shared_options
     previous: Previous | None = None
     _begun: bool = False
@@ -215,8 +216,15 @@ class RunContext:
         return self.out / f".{self.command.name}.lock"
 
     def add_rows(self, frame: pd.DataFrame) -> None:
-        """Append tidy rows and rewrite the command's CSV and JSON at once (rank 0 only)."""
+        """Append tidy rows (a result's ``to_frame()``, whose declaration of index columns and
+        reported metrics goes to the JSON) and rewrite the CSV and JSON at once (rank 0 only)."""
+        if "index" not in frame.attrs:
+            raise TypeError("rows without a column declaration: build them with a Result's to_frame()")
         self.begin()
+        reported = frame.attrs["reported"]
+        for key, names in (("index", frame.attrs["index"]),
+                           ("reported", frame["metric"].unique() if reported is None else reported)):
+            self.declared[key] += [name for name in names if name not in self.declared[key]]
         self.rows.append(frame)
         self.flush("running")
 
@@ -285,6 +293,7 @@ class RunContext:
         )
         meta["models_done"] = list(self.done)
         meta["choices"] = self.choices
+        meta["columns"] = self.declared
         meta["csv_sha256"] = csv_sha
         meta["kept_from_previous"] = self.previous.describe(sorted(set(kept["model"]))) if len(kept) else None
         write_json(meta, self.json_path)

@@ -65,8 +65,10 @@ def _attention_rows(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[frame["metric"] == "layer_attention_distance"]
     names = default_layers(model)
     layers = [names[i] if len(names) == len(rows) else str(i) for i in rows["layer"]]
-    return rows.assign(layer=layers, metric="mean_attention_distance", threshold=math.nan).drop(
+    frame = rows.assign(layer=layers, metric="mean_attention_distance", threshold=math.nan).drop(
         columns=["head"])
+    frame.attrs.update(index=["metric", "layer", "threshold"], reported=["mean_attention_distance"])
+    return frame
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.lanczos import Lanczos, SymmetricOperator, products
@@ -107,6 +108,7 @@ def spectral_density(operator: SymmetricOperator, *, num_probes: int = 4, max_it
     return DensityEstimate(nodes, weights, grid, density, sigma, hvps=sum(len(t) for t, _ in runs))
 
 
+@analysis
 def hessian_density(model: nn.Module | LoadedModel, data: DataLike, *, num_probes: int = 4,
                     max_iter: int = 48, reorthogonalise: bool = True, sigma: float | None = None,
                     grid_points: int = 1000, params: ParamFilter = None, loss_fn: LossFn | None = None,

@@ -34,6 +34,7 @@ from scipy.optimize import Bounds, minimize
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.progress import warn
@@ -77,6 +78,7 @@ class RandomSubspace:
         return torch.linalg.solve(gram, self.transposed_times(x))
 
 
+@analysis
 def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, epsilon: float = 1e-3,
                      subspace_dim: int | None = None, max_iter: int = 10, method: str = "lbfgsb",
                      start: str = "corner", params: ParamFilter = None, loss_fn: LossFn | None = None,

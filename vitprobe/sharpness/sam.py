@@ -26,6 +26,7 @@ from torch import nn
 
 from vitprobe import distributed
 from vitprobe.errors import UserError
+from vitprobe.result import analysis
 from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad
@@ -71,6 +72,7 @@ class _Ascent:
         return best
 
 
+@analysis
 def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, rho: float | Sequence[float] = 0.05,
                   ascent_steps: int = 1, adaptive: bool = False, m: int | None = None, eta: float = 0.01,
                   adaptive_scope: str = "weights", params: ParamFilter = None,

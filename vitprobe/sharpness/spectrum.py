@@ -12,6 +12,7 @@ from torch import nn
 
 from vitprobe import distributed
 from vitprobe.errors import UserError
+from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.lanczos import Eigenpairs, SymmetricOperator, lanczos_top
@@ -49,6 +50,7 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     return power_top(operator, k, tol, max_iter, seed=seed)
 
 
+@analysis
 def hessian_spectrum(model: nn.Module | LoadedModel, data: DataLike, *, k: int = 1, tol: float = 1e-3,
                      method: Method = "lanczos", max_iter: int = 100, params: ParamFilter = None,
                      loss_fn: LossFn | None = None, keep_graphs: KeepGraphs = "auto", seed: int = 0,

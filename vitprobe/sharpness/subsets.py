@@ -25,7 +25,7 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator
-from vitprobe.result import Result
+from vitprobe.result import Result, analysis
 from vitprobe.sharpness.spectrum import eigenpairs
 from vitprobe.sharpness.trace import trace_estimate
 from vitprobe.sharpness.vectors import ParamFilter, filter_label
@@ -99,6 +99,7 @@ def _sizes(size: int, smallest: int) -> list[int]:
     return sorted(sizes)
 
 
+@analysis
 def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, *, subsets: int, k: int = 1,
                       tol: float = 1e-3, trace: bool = False, num_probes: int = 60,
                       params: ParamFilter = None, loss_fn: LossFn | None = None, seed: int = 0,

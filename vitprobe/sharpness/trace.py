@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError
+from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.sharpness.lanczos import SymmetricOperator
@@ -95,6 +96,7 @@ def trace_estimate(operator: SymmetricOperator, *, method: TraceMethod = "hutch+
     return TraceEstimate(estimate, std_error, samples, num_probes)
 
 
+@analysis
 def hessian_trace(model: nn.Module | LoadedModel, data: DataLike, *, method: TraceMethod = "hutch++",
                   num_probes: int = 60, params: ParamFilter = None, loss_fn: LossFn | None = None,
                   keep_graphs: KeepGraphs = "auto", seed: int = 0) -> TraceResult:

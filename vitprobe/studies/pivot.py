@@ -1,10 +1,12 @@
 """``report``: one wide table (models x metrics) from the tidy CSVs of one or more runs.
 
 Each metric column holds one value per model, with its uncertainty where the tidy rows
-carry one: half the width of [ci_low, ci_high], or the standard error (``stderr`` or
-``std_error``). A metric with several rows per model (one per ``k``, ``layer``, ``dtype``,
-...) is split into one column per value of the columns that tell those rows apart, e.g.
-``eigenvalue[k=2]``; by default only the metrics with one row per model are shown.
+carry one: the standard error (``std_error``) or half the width of [ci_low, ci_high]. A metric
+with several rows per model is split into one column per value of the *index* columns that
+tell those rows apart (``k``, ``layer``, ``rho``, ...: what the run's JSON declares, see
+:mod:`vitprobe.result`), e.g. ``eigenvalue[k=2]``; annotation columns (``hvps``, ``residual``,
+``seconds``, ...) never split a column. By default the metrics each result declares as
+reported are shown; ``--pivot`` names others.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ import pandas as pd
 from vitprobe.errors import UserError, first_line
 
 REPORT_ORDER = ("throughput", "evaluate", "sharpness", "landscape", "receptive-field", "attention")
-STDERR_COLUMNS = ("stderr", "std_error")
-NOT_QUALIFIERS = {"run", "analysis", "model", "metric", "value", "ci_low", "ci_high",
-                  *STDERR_COLUMNS}
 PARAMS = "params (M)"
 
 
@@ -43,23 +42,47 @@ def _order(path: Path) -> tuple[int, str]:
     return rank, path.stem
 
 
-def read_runs(dirs: list[Path]) -> pd.DataFrame:
-    """Every tidy CSV (with model, metric, value columns) of every run folder, stacked."""
-    frames = []
+@dataclass
+class Runs:
+    """The tidy rows of every run (``run`` and ``analysis`` columns added), the index columns
+    they declare, and the metrics reported by default."""
+
+    rows: pd.DataFrame
+    index: list[str]
+    reported: set[str]
+
+
+def _declaration(path: Path) -> dict[str, list[str]] | None:
+    """The ``columns`` declaration of the JSON beside a CSV (None when there is none)."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    columns = meta.get("columns") if isinstance(meta, dict) else None
+    return columns if isinstance(columns, dict) and isinstance(columns.get("index"), list) else None
+
+
+def read_runs(dirs: list[Path]) -> Runs:
+    """Every tidy CSV of every run folder, with the declarations of the JSONs beside them."""
+    frames, index, reported = [], [], set()
     for folder in dirs:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder of vitprobe results")
         for path in sorted(folder.glob("*.csv"), key=_order):
+            declared = _declaration(path)
+            if declared is None:
+                continue
             try:
                 frame = pd.read_csv(path)
             except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
                 raise UserError(f"cannot read {path}: {type(error).__name__}: {first_line(error)}") from None
-            if {"model", "metric", "value"} <= set(frame.columns):
-                frames.append(frame.assign(run=str(folder), analysis=path.stem))
+            frames.append(frame.assign(run=str(folder), analysis=path.stem))
+            index += [c for c in declared["index"] if c not in index]
+            reported |= set(declared.get("reported") or [])
     if not frames:
-        raise UserError(f"no tidy CSVs (with model, metric and value columns) in "
+        raise UserError(f"no vitprobe tables (a CSV with the JSON that declares its columns) in "
                         f"{', '.join(map(str, dirs))}")
-    return pd.concat(frames, ignore_index=True)
+    return Runs(pd.concat(frames, ignore_index=True), index, reported)
 
 
 def read_parameters(dirs: list[Path]) -> dict[str, int]:
@@ -78,17 +101,16 @@ def read_parameters(dirs: list[Path]) -> dict[str, int]:
 
 
 def _uncertainty(rows: pd.DataFrame) -> tuple[pd.Series, str | None]:
-    for name in STDERR_COLUMNS:
-        if name in rows and rows[name].notna().any():
-            return rows[name].astype(float), "stderr"
+    if "std_error" in rows and rows["std_error"].notna().any():
+        return rows["std_error"].astype(float), "stderr"
     if {"ci_low", "ci_high"} <= set(rows.columns) and rows["ci_low"].notna().any():
         return (rows["ci_high"] - rows["ci_low"]).astype(float) / 2, "ci"
     return pd.Series(np.nan, index=rows.index), None
 
 
-def _qualifiers(rows: pd.DataFrame) -> list[str]:
-    """Columns whose values differ between rows of the same model (and run)."""
-    candidates = [c for c in rows.columns if c not in NOT_QUALIFIERS and rows[c].notna().any()]
+def _qualifiers(rows: pd.DataFrame, index: list[str]) -> list[str]:
+    """Index columns whose values differ between rows of the same model (and run)."""
+    candidates = [c for c in index if c != "metric" and c in rows and rows[c].notna().any()]
     groups = rows.groupby(["run", "model"], sort=False)
     return [c for c in candidates if (groups[c].nunique(dropna=False) > 1).any()]
 
@@ -113,13 +135,15 @@ def _row_labels(cells: pd.DataFrame) -> pd.Series:
                        else c["model"], axis=1)
 
 
-def pivot(frame: pd.DataFrame, metrics: list[str] | None = None,
+def pivot(runs: Runs, metrics: list[str] | None = None,
           parameters: dict[str, int] | None = None) -> WideTable:
-    """Models as rows, metrics as columns; ``metrics`` picks (and orders) the metrics.
+    """Models as rows, metrics as columns; ``metrics`` picks (and orders) the metrics (default:
+    the reported ones).
 
     A metric may be named ``metric`` or ``analysis:metric`` (when two analyses share a
     metric name, their columns are labelled that way).
     """
+    frame = runs.rows
     owners = frame.groupby("metric")["analysis"].nunique()
     frame = frame.assign(name=[f"{a}:{m}" if owners[m] > 1 else m
                                for a, m in zip(frame["analysis"], frame["metric"])])
@@ -131,13 +155,16 @@ def pivot(frame: pd.DataFrame, metrics: list[str] | None = None,
                             f"metrics: {', '.join(available)}")
         chosen = list(dict.fromkeys(metrics))
     else:
-        per_model = frame.groupby(["name", "run", "model"]).size().groupby("name").max()
-        chosen = [m for m in available if per_model[m] == 1]
+        chosen = [name for name, metric in dict(zip(frame["name"], frame["metric"])).items()
+                  if metric in runs.reported]
+        if not chosen:
+            raise UserError(f"these runs report no metric by default; name some with --pivot: "
+                            f"{', '.join(available)}")
     cells, kinds = [], {}
     for name in chosen:
         rows = frame[frame["name"] == name]
         errors, kind = _uncertainty(rows)
-        qualifiers = _qualifiers(rows)
+        qualifiers = _qualifiers(rows, runs.index)
         labels = [_label(name, qualifiers, row) for _, row in rows.iterrows()]
         cells.append(pd.DataFrame({"run": rows["run"], "model": rows["model"], "column": labels,
                                    "value": rows["value"].astype(float), "error": errors}))
@@ -212,22 +239,14 @@ def to_markdown(table: WideTable) -> str:
     return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    for char in ("&", "%", "$", "#", "_"):
-        text = text.replace(char, "\\" + char)
-    return text
-
-
 def to_latex(table: WideTable) -> str:
-    """A booktabs tabular; ± in math mode."""
-    header = ["model", *table.values.columns]
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
-    for cells in _cells(table, latex=True):
-        lines.append(" & ".join([_latex_escape(cells[0]), *cells[1:]]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    """A booktabs tabular from pandas' Styler, the uncertainty in the cell (``$v \\pm e$``)."""
+    cells = pd.DataFrame(_cells(table, latex=True), columns=["model", *table.values.columns])
+    styler = (cells.style.hide(axis="index").format_index(escape="latex", axis=1)
+              .format(escape="latex", subset=["model"]))
+    text = styler.to_latex(hrules=True, column_format="l" + "r" * (len(cells.columns) - 1))
     note = legend(table)
-    return "\n".join(lines) + ("\n% " + note if note else "") + "\n"
+    return text + ("% " + note + "\n" if note else "")
 
 
 FORMATTERS = {"csv": (to_csv, "csv"), "markdown": (to_markdown, "md"), "latex": (to_latex, "tex")}

@@ -106,4 +106,6 @@ def plain(value: Any) -> Any:
         return value.item() if value.numel() == 1 else f"tensor{tuple(value.shape)}"
     if isinstance(value, nn.Module):
         return type(value).__name__
+    if isinstance(getattr(value, "label", None), str):  # a LoadedModel (e.g. the landscape's ``to``)
+        return value.label
     return getattr(value, "__name__", repr(value))

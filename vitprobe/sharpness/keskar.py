@@ -25,7 +25,6 @@ chunks for every product (A y, A^T g, A^T A and A^T x for A^+ x = (A^T A)^-1 A^T
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -97,7 +96,6 @@ def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, epsilon:
                         f"{', '.join(KESKAR_STARTS)} (got {method!r}, {start!r})")
     loaded = as_loaded(model)
     module = loaded.module
-    started = time.perf_counter()
     batches = as_batches(data)
     shard = local_share(batches)
     named = select_parameters(module, params)
@@ -144,9 +142,7 @@ def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, epsilon:
              f"beats f(x) (start {start}, {iterations} iterations: {message}); it is a lower bound")
     sharpness = (best[0] - loss) / (1 + loss) * 100
     return KeskarResult(
-        model=loaded.label, seconds=time.perf_counter() - started, images=batches.num_images,
-        options={"epsilon": epsilon, "subspace_dim": subspace_dim, "max_iter": max_iter, "method": method,
-                 "start": start, "params": filter_label(params), "seed": seed},
+        model=loaded.label, images=batches.num_images,
         parameters=x.numel(), params=filter_label(params), epsilon=epsilon, sharpness=sharpness,
         loss=loss, max_loss=best[0], subspace_dim=subspace_dim, evaluations=evaluations[0],
         method=method, start=start, iterations=iterations, message=message,

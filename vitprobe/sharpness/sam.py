@@ -17,7 +17,6 @@ bit for bit afterwards.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,7 +91,6 @@ def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, rho: float 
                          f"(got rho={list(rhos)}, ascent_steps={ascent_steps}, m={m})")
     loaded = as_loaded(model)
     module = loaded.module
-    started = time.perf_counter()
     batches = as_batches(data)
     named = select_parameters(module, params)
     weights = [p for _, p in named]
@@ -118,9 +116,7 @@ def sam_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, rho: float 
         totals = distributed.all_reduce_sum(torch.from_numpy(totals)).numpy() / batches.num_images
     loss, perturbed_loss = float(totals[0]), totals[1:1 + len(rhos)]
     return SamResult(
-        model=loaded.label, seconds=time.perf_counter() - started, images=batches.num_images,
-        options={"rho": [float(r) for r in rhos], "ascent_steps": ascent_steps, "adaptive": adaptive,
-                 "m": m, "eta": eta, "adaptive_scope": adaptive_scope, "params": filter_label(params)},
+        model=loaded.label, images=batches.num_images,
         parameters=sum(p.numel() for p in weights), params=filter_label(params), rhos=rhos,
         sharpness=perturbed_loss - loss, perturbed_loss=perturbed_loss, loss=loss,
         ascent_steps=ascent_steps, adaptive=adaptive, m=m)

@@ -11,7 +11,6 @@ has settled, the image count is enough.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,7 +27,7 @@ from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.result import Result, analysis
 from vitprobe.sharpness.spectrum import eigenpairs
 from vitprobe.sharpness.trace import trace_estimate
-from vitprobe.sharpness.vectors import ParamFilter, filter_label
+from vitprobe.sharpness.vectors import ParamFilter
 
 
 def t_summary(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
@@ -109,14 +108,11 @@ def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, *, subsets
     if subsets < 2:
         raise UserError(f"need at least 2 subsets to measure a spread, got {subsets}")
     loaded = as_loaded(model)
-    started = time.perf_counter()
     batches = as_batches(data)
     parts = split(batches, subsets)
     size = parts[0].num_images
     batch = max(len(b[0]) for b in batches)
     sizes = sorted(sizes) if sizes else _sizes(size, min(batch, max(2, size // 8)))
-    options = {"subsets": subsets, "k": k, "tol": tol, "trace": trace, "num_probes": num_probes,
-               "params": filter_label(params), "seed": seed, "confidence": confidence}
 
     def spectrum(part: Batches) -> tuple[np.ndarray, HessianOperator]:
         operator = HessianOperator(loaded, part, params=params, loss_fn=loss_fn)
@@ -135,11 +131,9 @@ def sharpness_subsets(model: nn.Module | LoadedModel, data: DataLike, *, subsets
                 if trace:
                     traces.append(trace_estimate(operator, num_probes=num_probes, seed=seed).trace)
             operator.release()
-    return SubsetsResult(model=loaded.label, images=subsets * size, seconds=time.perf_counter() - started,
-                         subset_size=size,
+    return SubsetsResult(model=loaded.label, images=subsets * size, subset_size=size,
                          eigenvalues=np.array(eigenvalues), traces=np.array(traces) if trace else None,
-                         sizes=list(sizes), lambda_1_by_size=by_size, confidence=confidence,
-                         options=options)
+                         sizes=list(sizes), lambda_1_by_size=by_size, confidence=confidence)
 
 
 def subsets_figure(results: list[SubsetsResult]):

@@ -142,6 +142,6 @@ def test_zero_width_intervals_are_not_uncertainties() -> None:
 
     frame = pd.DataFrame({"model": ["a", "a"], "metric": ["exact", "noisy"], "value": [2.0, 3.0],
                           "ci_low": [2.0, 2.5], "ci_high": [2.0, 3.5], "run": "r", "analysis": "x"})
-    table = pivot(Runs(frame, ["metric"], {"exact", "noisy"}))
+    table = pivot(Runs(frame, ["metric"], {"exact", "noisy"}, {}))
     assert table.kinds == {"noisy": "ci"}
     assert legend(table) == "± is the half-width of the confidence interval for noisy."

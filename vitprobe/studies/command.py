@@ -12,7 +12,7 @@ from vitprobe import distributed
 from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.report.files import write_text
-from vitprobe.studies.pivot import FORMATTERS, pivot, read_parameters, read_runs
+from vitprobe.studies.pivot import FORMATTERS, pivot, read_runs
 from vitprobe.studies.recipe import Recipe, parse_recipe, recipe_path
 from vitprobe.studies.runner import Outcome, copy_gallery, run_recipe
 
@@ -92,7 +92,7 @@ def _drop_shared_option(parser: argparse.ArgumentParser, option: str) -> None:
 
 def report(ctx: RunContext) -> None:
     dirs = list(ctx.args.dirs)
-    table = pivot(read_runs(dirs), ctx.args.pivot, read_parameters(dirs))
+    table = pivot(read_runs(dirs), ctx.args.pivot)
     render, suffix = FORMATTERS[ctx.args.format]
     text = render(table)
     if not given(ctx.argv[1:], "--out"):

@@ -45,33 +45,38 @@ def _order(path: Path) -> tuple[int, str]:
 @dataclass
 class Runs:
     """The tidy rows of every run (``run`` and ``analysis`` columns added), the index columns
-    they declare, and the metrics reported by default."""
+    they declare, the metrics reported by default, and parameter counts by model label."""
 
     rows: pd.DataFrame
     index: list[str]
     reported: set[str]
+    parameters: dict[str, int]
 
 
-def _declaration(path: Path) -> dict[str, list[str]] | None:
-    """The ``columns`` declaration of the JSON beside a CSV (None when there is none)."""
+def _sidecar(path: Path) -> dict:
+    """The JSON beside a CSV ({} when there is none or it is not a run record)."""
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
-        return None
-    columns = meta.get("columns") if isinstance(meta, dict) else None
-    return columns if isinstance(columns, dict) and isinstance(columns.get("index"), list) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def read_runs(dirs: list[Path]) -> Runs:
-    """Every tidy CSV of every run folder, with the declarations of the JSONs beside them."""
-    frames, index, reported = [], [], set()
+    """Every tidy CSV of every run folder, with what the JSON beside it declares: the columns,
+    and the models' parameter counts."""
+    frames, index, reported, parameters = [], [], set(), {}
     for folder in dirs:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder of vitprobe results")
         for path in sorted(folder.glob("*.csv"), key=_order):
-            declared = _declaration(path)
-            if declared is None:
+            meta = _sidecar(path)
+            declared = meta.get("columns")
+            if not (isinstance(declared, dict) and isinstance(declared.get("index"), list)):
                 continue
+            for model in meta.get("models") or []:
+                if isinstance(model, dict) and model.get("parameters") is not None:
+                    parameters[model["label"]] = int(model["parameters"])
             try:
                 frame = pd.read_csv(path)
             except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
@@ -82,22 +87,7 @@ def read_runs(dirs: list[Path]) -> Runs:
     if not frames:
         raise UserError(f"no vitprobe tables (a CSV with the JSON that declares its columns) in "
                         f"{', '.join(map(str, dirs))}")
-    return Runs(pd.concat(frames, ignore_index=True), index, reported)
-
-
-def read_parameters(dirs: list[Path]) -> dict[str, int]:
-    """Parameter counts by model label, from the runs' JSON sidecars."""
-    counts: dict[str, int] = {}
-    for folder in dirs:
-        for path in sorted(folder.glob("*.json")):
-            try:
-                meta = json.loads(path.read_text())
-            except ValueError:
-                continue
-            for model in meta.get("models", []) if isinstance(meta, dict) else []:
-                if isinstance(model, dict) and model.get("parameters") is not None:
-                    counts[model["label"]] = int(model["parameters"])
-    return counts
+    return Runs(pd.concat(frames, ignore_index=True), index, reported, parameters)
 
 
 def _uncertainty(rows: pd.DataFrame) -> tuple[pd.Series, str | None]:
@@ -135,8 +125,7 @@ def _row_labels(cells: pd.DataFrame) -> pd.Series:
                        else c["model"], axis=1)
 
 
-def pivot(runs: Runs, metrics: list[str] | None = None,
-          parameters: dict[str, int] | None = None) -> WideTable:
+def pivot(runs: Runs, metrics: list[str] | None = None) -> WideTable:
     """Models as rows, metrics as columns; ``metrics`` picks (and orders) the metrics (default:
     the reported ones).
 
@@ -181,6 +170,7 @@ def pivot(runs: Runs, metrics: list[str] | None = None,
                                dropna=False)
     values = values.reindex(index=rows_order, columns=columns_order)
     errors = errors.reindex(index=rows_order, columns=columns_order)
+    parameters = runs.parameters
     if parameters:
         models = table.drop_duplicates("row").set_index("row")["model"]
         counts = [parameters.get(models[row]) for row in rows_order]

@@ -1,31 +1,66 @@
-"""Reading weights from local files safely, and loading them strictly with named mismatches."""
+"""Reading weights from local files safely, and loading them strictly with named mismatches.
+
+A checkpoint is whatever ``torch.save`` wrote: a state dict, a training-loop dict holding one
+(``{'state_dict': ...}``, ``{'net': ...}``, ``{'model': ..., 'optimizer': ...}``, Lightning's
+``.ckpt``), or a pickled module. The state dict taken is the dict of tensors in it whose keys
+match the architecture, after stripping one uniform prefix (``module.`` of DataParallel,
+``_orig_mod.`` of torch.compile, ``model.`` of a LightningModule wrapping the network). Its
+``_metadata`` (each module's state-dict version) is kept, so that loading accepts exactly what
+PyTorch's strict ``load_state_dict`` accepts: old BatchNorm dicts without
+``num_batches_tracked`` among them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Mapping
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vitprobe.errors import UserError, first_line
+from vitprobe.progress import log, warn
 
-CHECKPOINT_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+CHECKPOINT_KEYS = ("state_dict", "model", "net", "model_ema", "state_dict_ema", "network")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".th", ".tar")
+SEARCH_DEPTH = 3  # how deep in nested dicts a state dict is looked for
 
 
-def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict stored in ``path``.
+def read_state_dict(path: str | Path, trust_checkpoint: bool = False,
+                    like: nn.Module | None = None) -> OrderedDict[str, torch.Tensor]:
+    """The state dict stored in ``path``, with its ``_metadata``.
 
     ``.safetensors`` files are read with safetensors; anything else with
     ``torch.load(weights_only=True)`` unless ``trust_checkpoint`` allows unpickling code.
-    A checkpoint dict's ``state_dict`` / ``model`` / ``model_ema`` entry is taken, and the
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped.
+    With ``like``, the dict of tensors whose keys best match ``like``'s (after stripping one
+    uniform prefix) is taken from anywhere in a checkpoint dict; without, the first of the
+    entries :data:`CHECKPOINT_KEYS`, or the top level.
     """
     path = Path(path)
+    candidates = list(_state_dicts(read_checkpoint(path, trust_checkpoint)))
+    if not candidates:
+        raise UserError(f"{path} holds no state dict (looked for dicts of tensors, also under "
+                        f"{', '.join(CHECKPOINT_KEYS)})")
+    if like is None:
+        return min(candidates, key=lambda c: _priority(c[0]))[1]
+    expected = set(like.state_dict())
+    overlap, where, state = max(((len(expected & set(s)), w, s) for w, s in candidates),
+                                key=lambda c: (c[0], tuple(-rank for rank in _priority(c[1]))))
+    if overlap == 0 and len(candidates) > 1:
+        found = "; ".join(f"{_where(w)}: {_listing(list(s), 3)}" for w, s in candidates)
+        raise UserError(f"no dict of tensors in {path} matches {type(like).__name__} (whose keys "
+                        f"begin {_listing(sorted(expected), 3)}); found {found}")
+    if where:
+        log(f"{path}: weights from {_where(where)}" + "".join(f", {w}" for w in where if w.startswith("prefix ")))
+    return state
+
+
+def read_checkpoint(path: Path, trust_checkpoint: bool = False) -> object:
+    """What ``path`` holds, read safely: a safetensors file, or ``torch.load``'s object."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -33,18 +68,25 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
         from safetensors.torch import load_file
 
         try:
-            obj = load_file(str(path))
+            return load_file(str(path))
         except (SafetensorError, OSError) as error:
             raise UserError(f"cannot read safetensors file {path}: {error}") from None
-    else:
-        try:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", torch.serialization.SourceChangeWarning)
             obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-        except pickle.UnpicklingError as error:
-            raise unpickling_error(path, error) from None
-        except Exception as error:  # whatever torch.load makes of a file that is no checkpoint
-            raise UserError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: "
-                            f"{first_line(error) or type(error).__name__})") from None
-    return _unwrap(obj, path)
+    except pickle.UnpicklingError as error:
+        raise unpickling_error(path, error) from None
+    except Exception as error:  # whatever torch.load makes of a file that is no checkpoint
+        raise UserError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: "
+                        f"{first_line(error) or type(error).__name__})") from None
+    changed = [w for w in caught if issubclass(w.category, torch.serialization.SourceChangeWarning)]
+    for other in (w for w in caught if w not in changed):
+        warnings.warn(other.message, other.category, stacklevel=2)
+    if changed:  # one line, not PyTorch's diff per pickled class
+        warn(f"{path} pickles modules whose source has changed since it was saved; only its "
+             "weights are used")
+    return obj
 
 
 def unpickling_error(path: Path, error: pickle.UnpicklingError) -> UserError:
@@ -58,24 +100,6 @@ def unpickling_error(path: Path, error: pickle.UnpicklingError) -> UserError:
     detail = next((line for line in lines if line.startswith("Unsupported") or "invalid load key" in line),
                   lines[-1] if lines else "")
     return UserError(f"{path} is not a PyTorch checkpoint ({detail})")
-
-
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), (Mapping, nn.Module)):
-                obj = obj[key]
-                break
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds no state dict (looked for tensors and the keys "
-                        f"{', '.join(CHECKPOINT_KEYS)})")
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 def timm_filter(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -103,25 +127,90 @@ def checkpoint_num_classes(module: nn.Module, state: Mapping[str, torch.Tensor])
     return None
 
 
+def _state_dicts(obj: object, where: tuple[str, ...] = (),
+                 depth: int = 0) -> Iterator[tuple[tuple[str, ...], OrderedDict[str, torch.Tensor]]]:
+    """Every dict of tensors in ``obj`` (a module counts by its state dict), each also with
+    its uniform dotted prefixes stripped, with the path of keys that leads to it."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        return
+    tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor))
+    metadata = getattr(obj, "_metadata", None)
+    if tensors:
+        yield where, _with_metadata(tensors, metadata)
+        for prefix in _uniform_prefixes(list(tensors)):
+            stripped = OrderedDict((k[len(prefix):], v) for k, v in tensors.items())
+            yield (*where, f"prefix {prefix!r} stripped"), _with_metadata(stripped, metadata, prefix)
+    if depth < SEARCH_DEPTH:
+        for key, value in obj.items():
+            if isinstance(key, str) and isinstance(value, (Mapping, nn.Module)):
+                yield from _state_dicts(value, (*where, key), depth + 1)
+
+
+def _uniform_prefixes(keys: list[str]) -> list[str]:
+    """``['module.', 'module.model.']`` when every key starts with ``module.model.``."""
+    prefixes: list[str] = []
+    parts = [key.split(".") for key in keys]
+    for depth in range(min(len(p) for p in parts) - 1):
+        if len({p[depth] for p in parts}) != 1:
+            break
+        prefixes.append(".".join(parts[0][:depth + 1]) + ".")
+    return prefixes
+
+
+def _with_metadata(state: OrderedDict[str, torch.Tensor], metadata: Mapping | None,
+                   prefix: str = "") -> OrderedDict[str, torch.Tensor]:
+    """``state`` carrying the modules' state-dict versions, renamed as its keys were."""
+    if metadata is not None:
+        root = prefix[:-1]
+        state._metadata = OrderedDict(  # type: ignore[attr-defined]
+            ("" if name == root else name[len(prefix):], value) for name, value in metadata.items()
+            if name == root or name.startswith(prefix))
+    return state
+
+
+def _priority(where: tuple[str, ...]) -> tuple[int, int]:
+    """Among equal matches: the top level, then the entries of :data:`CHECKPOINT_KEYS` in order;
+    an unstripped dict before a stripped one."""
+    keys = [w for w in where if not w.startswith("prefix ")]
+    rank = CHECKPOINT_KEYS.index(keys[0]) + 1 if keys and keys[0] in CHECKPOINT_KEYS else len(CHECKPOINT_KEYS) + 1
+    return (rank if keys else 0) + len(keys), len(where) - len(keys)
+
+
+def _where(where: tuple[str, ...]) -> str:
+    keys = [w for w in where if not w.startswith("prefix ")]
+    return "".join(f"[{k!r}]" for k in keys) or "the top level"
+
+
 def _listing(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is a UserError."""
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` exactly when PyTorch's strict ``load_state_dict`` would
+    (each module first upgrades what its state-dict version allows, as BatchNorm fills a
+    missing ``num_batches_tracked`` in dicts saved before it existed); otherwise a UserError
+    naming every missing, unexpected and mis-shaped key. On refusal ``module``'s weights are
+    partly loaded, as after PyTorch's own refusal."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
+    mismatched = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    loadable = OrderedDict((k, v) for k, v in state.items() if k not in mismatched)
+    if hasattr(state, "_metadata"):
+        loadable._metadata = state._metadata  # type: ignore[attr-defined]
+    try:
+        outcome = module.load_state_dict(loadable, strict=False)
+    except RuntimeError as error:  # a module's own loading hook refused a value
+        raise UserError(f"{source} does not load into {type(module).__name__}: {first_line(error)}") from None
+    missing = [k for k in outcome.missing_keys if k not in mismatched]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if outcome.unexpected_keys:
+        problems.append(f"unexpected keys: {_listing(list(outcome.unexpected_keys))}")
     if mismatched:
-        problems.append(f"shape mismatches (checkpoint vs model): {_listing(mismatched)}")
+        problems.append("shape mismatches (checkpoint vs model): " + _listing(
+            [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]))
     if problems:
         raise UserError(f"{source} does not match {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)

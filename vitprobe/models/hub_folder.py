@@ -68,7 +68,7 @@ def load_timm_folder(folder: Path, config: dict[str, Any], trust_checkpoint: boo
         raise UserError(f"{folder}/config.json: {architecture} rejects its settings "
                         f"({type(error).__name__}: {error})") from None
     path = weights_file(folder)
-    load_strict(module, timm_filter(module, read_state_dict(path, trust_checkpoint)), str(path))
+    load_strict(module, timm_filter(module, read_state_dict(path, trust_checkpoint, like=module)), str(path))
     loaded = describe(module.eval(), label=folder.name)
     loaded.class_names = config.get("label_names")
     return loaded, path

@@ -66,7 +66,7 @@ def load_torchvision(name: str, path: Path, kwargs: dict[str, Any],
             raise UserError(f"torchvision:{name}: bad --model-args ({error})") from None
 
     module = build()
-    state = read_state_dict(path, trust_checkpoint)
+    state = read_state_dict(path, trust_checkpoint, like=module)
     if "num_classes" not in kwargs and (extra := _classifier_outputs(module, state)):
         module = build(**extra)
     load_strict(module, state, str(path))

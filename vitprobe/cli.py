@@ -18,7 +18,7 @@ import torch
 
 import vitprobe
 from vitprobe import distributed
-from vitprobe.command import Command, RunContext
+from vitprobe.command import AllModelsFailed, Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.options import SharedOptions, add_options, from_namespace, to_argv
 from vitprobe.progress import set_quiet
@@ -130,9 +130,16 @@ def execute(command: Command, options: SharedOptions, argv: list[str]) -> int:
             return EXIT_USER_ERROR
         _close(ctx, "complete")
         return 0
+    except AllModelsFailed as error:
+        if len(ctx.model_specs) > 1:  # a single model's error is the line itself
+            print(f"vitprobe {command.name}: {error}", file=sys.stderr)
+        else:
+            print(f"vitprobe {command.name}: error: {error}", file=sys.stderr)
+        _close(ctx, "failed")
+        return EXIT_USER_ERROR
     except UserError as error:
         print(f"vitprobe {command.name}: error: {error}", file=sys.stderr)
-        _close(ctx, "user error")
+        _close(ctx, "failed")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         where = ctx.out if ctx is not None else "the out folder"

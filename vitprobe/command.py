@@ -43,6 +43,10 @@ from vitprobe.report.metadata import run_metadata
 
 
 
+class AllModelsFailed(UserError):
+    """Every model of the run failed; each was reported on its own line."""
+
+
 @dataclass(frozen=True)
 class Command:
     """One ``python -m vitprobe NAME`` subcommand."""
@@ -127,28 +131,41 @@ class RunContext:
 
     def models(self) -> Iterator[LoadedModel]:
         """Each ``--model`` (or the command's default models), loaded one at a time. With several
-        models, one that cannot be loaded is reported and skipped (see :meth:`isolated`)."""
+        models, one that cannot be loaded is reported and skipped (see :meth:`isolated`); when
+        every one failed, :class:`AllModelsFailed` ends the command after the last."""
         for index, spec in enumerate(self.model_specs):
             model = None
             with self.isolated(spec):
                 model = self.load_model(spec, index)
             if model is not None:
                 yield model
-                if not any(failure["model"] == model.label for failure in self.failures):
-                    self.done.append(model.label)
-                self.flush("running")
+                self.finished(model.label)
+        self.require_a_model()
+
+    def finished(self, label: str) -> None:
+        """``label``'s work is over: it counts as done unless it failed, and the files say so."""
+        if not any(failure["model"] == label for failure in self.failures):
+            self.done.append(label)
+        self.flush("running")
+
+    def require_a_model(self) -> None:
+        """After the models' loop: stop the command when every model failed, before it builds
+        comparisons of nothing."""
+        if self.failures and not self.done:
+            raise AllModelsFailed(f"{len(self.failures)} of {len(self.model_specs)} models failed "
+                                  "(see above)" if len(self.model_specs) > 1 else self.failures[0]["error"])
 
     @contextmanager
     def isolated(self, label: str) -> Iterator[None]:
-        """Work on one model: with several models a user error is reported on one line, kept
-        for the JSON and the exit status, and the other models still run."""
+        """Work on one model: a user error is kept for the JSON and the exit status; with several
+        models it is reported on one line and the other models still run."""
         try:
             yield
         except UserError as error:
+            self.failures.append({"model": label, "error": str(error)})
             if len(self.model_specs) == 1:
                 raise
             print(f"vitprobe {self.command.name}: error: {label}: {error}", file=sys.stderr, flush=True)
-            self.failures.append({"model": label, "error": str(error)})
 
     def data(self, model: LoadedModel, num_images: int | None = None,
              input_size: tuple[int, int] | None = None) -> Batches:
@@ -198,7 +215,7 @@ class RunContext:
         if not self._begun or not distributed.is_main():
             return
         try:
-            if self.rows or self.loaded:
+            if self.rows or self.loaded or self.failures:
                 self.flush(status)
         finally:
             if self._locked:

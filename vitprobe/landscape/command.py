@@ -140,10 +140,12 @@ def run(ctx: RunContext) -> None:
             if shard is not None:
                 ctx.log(f"{label}: shard {shard[0]}/{shard[1]} computed {result.info['computed']} points; when "
                         "every shard is done, run the same command with --resume and without --shard to merge")
-                continue
-            results.append(replace(result, directions=[]))  # the figures need only the surfaces
-            ctx.add_rows(result.to_frame())
-            _write_npz(ctx, results)
+            else:
+                results.append(replace(result, directions=[]))  # the figures need only the surfaces
+                ctx.add_rows(result.to_frame())
+                _write_npz(ctx, results)
+        ctx.finished(spec)
+    ctx.require_a_model()
     if results:
         ctx.print_table(summary(results).assign(data=ctx.data_spec))
         _figures(ctx, results)

@@ -4,9 +4,11 @@ The keys follow timm's ``resolve_data_config``: ``input_size`` (C, H, W), ``inte
 ``mean``, ``std``, ``crop_pct``, ``crop_mode``. timm models use the test size and crop of their
 ``pretrained_cfg``, as timm's ``validate.py`` does (``use_test_size=True``). A model with no
 configuration of its own gets its channels and size from its layers where they tell (the first
-convolution, ``image_size``/``img_size`` attributes, a ViT's position embedding) and ImageNet
-statistics (0.5 for other channel counts); such a configuration is marked ``inferred`` and the
-user is told which flags supply the real one.
+convolution, ``image_size``/``img_size`` attributes, a ViT's position embedding), ImageNet
+statistics (0.5 for other channel counts) and a plain resize to that size with no centre crop
+(crop 1.0: a CIFAR or MNIST model is evaluated on images already at its size, which a 0.875
+crop would enlarge); such a configuration is marked ``inferred``, and the user is told what was
+guessed and which flags supply the real one.
 """
 
 from __future__ import annotations
@@ -75,15 +77,33 @@ def position_grid(module: nn.Module, num_prefix_tokens: int | None) -> tuple[int
     return None
 
 
-def inferred_config(module: nn.Module, patch_size: tuple[int, int] | None) -> dict[str, Any]:
-    """Channels and size read off the layers, ImageNet (or 0.5) statistics."""
-    channels = in_channels(module, patch_size) or 3
+def inferred_config(module: nn.Module,
+                    patch_size: tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Channels and size read off the layers, ImageNet (or 0.5) statistics, resize without
+    crop; and what was guessed, setting by setting (the keys of :class:`InputOverrides`)."""
+    channels = in_channels(module, patch_size)
     size = next((pair(getattr(module, a)) for a in ("image_size", "img_size")
                  if isinstance(getattr(module, a, None), (int, tuple, list))), None)
     if size is None and patch_size is not None:
         grid = position_grid(module, None)
         size = (grid[0] * patch_size[0], grid[1] * patch_size[1]) if grid else None
-    return imagenet_config(channels, size or (DEFAULT_SIZE, DEFAULT_SIZE))
+    config = imagenet_config(channels or 3, size or (DEFAULT_SIZE, DEFAULT_SIZE))
+    config["crop_pct"] = 1.0
+    statistics = "ImageNet's" if config["input_size"][0] == 3 else "0.5"
+    guessed = {
+        "in_chans": f"{config['input_size'][0]} channel{'s' if config['input_size'][0] != 1 else ''} "
+                    + ("read off its first layer" if channels else "by default"),
+        "input_size": "{}x{} ".format(*config["input_size"][1:]) + ("read off its layers" if size
+                                                                   else "by default"),
+        "mean": f"{statistics} mean and std", "interpolation": "bicubic resizing",
+        "crop_pct": "no centre crop (crop-pct 1.0)",
+    }
+    return config, guessed
+
+
+def describe_guesses(guessed: dict[str, str]) -> str:
+    """``guessed`` in words; std goes with mean."""
+    return ", ".join(text for key, text in guessed.items() if key != "std")
 
 
 @dataclass(frozen=True)

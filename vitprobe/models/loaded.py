@@ -34,7 +34,8 @@ class LoadedModel:
     (``input_size`` as (C, H, W), ``interpolation``, ``mean``, ``std``, ``crop_pct``,
     ``crop_mode``). For a ViT, ``num_prefix_tokens`` counts the class, distillation and
     register tokens that precede the patch tokens, and ``patch_size`` is (height, width).
-    ``input_source`` says where ``data_config`` came from (``inferred`` when the model had none).
+    ``input_source`` says where ``data_config`` came from (``inferred`` when the model had none),
+    and ``guessed`` what of it was guessed and how (settings the user gave are not).
     """
 
     module: nn.Module
@@ -50,6 +51,7 @@ class LoadedModel:
     checkpoint_sha256: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     input_source: str = "timm pretrained_cfg"
+    guessed: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -140,6 +142,8 @@ class LoadedModel:
             module.set_input_size(img_size=size)
         self.data_config = config
         self.input_source = f"{self.input_source} + command line ({', '.join(overrides.given)})"
+        given = set(overrides.given) | ({"std"} if "mean" in overrides.given else set())
+        self.guessed = {key: how for key, how in self.guessed.items() if key not in given}
         return self
 
     @property
@@ -190,7 +194,7 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
             family = "cnn"
         else:
             family = "other"
-    config, source = data_config, input_source or "given"
+    config, source, guessed = data_config, input_source or "given", {}
     if config is None:
         config, source = timm_config(module), "timm pretrained_cfg"
         if family == "vit" and config is not None:
@@ -198,14 +202,14 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
             if img_size is not None:  # the patch embedding knows the resolution it was built for
                 config["input_size"] = (config["input_size"][0], *pair(img_size))
     if config is None:
-        config, source = inferred_config(module, patch), "inferred"
+        (config, guessed), source = inferred_config(module, patch), "inferred"
     num_classes = getattr(module, "num_classes", None)
     if hf_model is not None:
         num_classes = hf_model.config.num_labels
     return LoadedModel(module=module.eval(), label=label, spec=label, family=family,
                        data_config=dict(config), num_prefix_tokens=prefix, patch_size=patch,
                        num_classes=int(num_classes) if isinstance(num_classes, int) else None,
-                       input_source=source)
+                       input_source=source, guessed=guessed)
 
 
 class _TokenCounter(sites.SiteListener):
@@ -264,6 +268,32 @@ def as_loaded(model: nn.Module | LoadedModel, label: str | None = None,
     if isinstance(model, LoadedModel):
         return model
     return complete(describe(model, label or type(model).__name__, data_config))
+
+
+def layer_name(name: str) -> str:
+    """``layer 'layer3'``, or ``the output`` for the model itself (``""``), for messages."""
+    return f"layer {name!r}" if name else "the output"
+
+
+def feature_layers(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None,
+                   analysis: str, least: int = 1) -> list[str]:
+    """:func:`default_layers` for an analysis that reads feature maps; a UserError naming the
+    layers ``--layer`` can take when it finds fewer than ``least`` (none: only the output)."""
+    loaded = as_loaded(model)
+    layers = default_layers(loaded, input_size)
+    if layers == [""] or len(layers) < least:
+        found = "no blocks or feature stages" if layers == [""] else f"only {', '.join(layers)}"
+        raise UserError(f"{analysis} needs at least {least} layer{'s' if least > 1 else ''}, but vitprobe "
+                        f"finds {found} in {loaded.label}: name them with --layer (repeatable), e.g. "
+                        f"{', '.join(layer_candidates(loaded))} (any module name works)")
+    return layers
+
+
+def layer_candidates(loaded: LoadedModel, limit: int = 10) -> list[str]:
+    """Modules near the top of ``loaded`` that hold parameters: names to offer for ``--layer``."""
+    names = [name for name, sub in loaded.module.named_modules()
+             if name and name.count(".") < 2 and next(sub.parameters(), None) is not None]
+    return names[:limit] + ([f"... ({len(names) - limit} more)"] if len(names) > limit else [])
 
 
 def default_layers(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None = None) -> list[str]:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError, first_line
-from vitprobe.models.checkpoints import (checkpoint_num_classes, load_strict, read_state_dict,
-                                         timm_filter)
-from vitprobe.models.input_config import FLAGS, InputOverrides
+from vitprobe.models.checkpoints import (WEIGHT_SUFFIXES, checkpoint_num_classes, load_strict,
+                                         read_state_dict, timm_filter)
+from vitprobe.models.input_config import FLAGS, InputOverrides, describe_guesses
 from vitprobe.models.loaded import LoadedModel, complete, describe
 from vitprobe.progress import warn
 from vitprobe.report.files import sha256_file
@@ -82,7 +82,7 @@ def load_model(
 
         _no_arguments(spec, kwargs)
         loaded, checkpoint = load_hub_folder(Path(spec), trust_checkpoint)
-    elif Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin") or Path(spec).exists():
+    elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).exists():
         raise UserError(f"{spec!r} is a file: name its architecture too, as ARCH={spec}")
     else:
         loaded, checkpoint = _load_timm_pretrained(spec, allow_download, kwargs)
@@ -94,9 +94,10 @@ def load_model(
     if device is not None:
         loaded.to(device)
     loaded.with_input(input or InputOverrides())
-    if loaded.input_source == "inferred":
-        warn(f"{loaded.label} has no input configuration of its own: using {describe_input(loaded)} "
-             f"(channels and size read off its layers); set {FLAGS} to what it was trained with")
+    if loaded.guessed:
+        warn(f"{loaded.label} has no input configuration of its own: guessed "
+             f"{describe_guesses(loaded.guessed)} ({describe_input(loaded)}); set {FLAGS} to what "
+             "it was trained with")
     return complete(loaded, check=loaded.input_source != "timm pretrained_cfg")
 
 
@@ -159,7 +160,8 @@ def _import_function(spec: str, target: str):
             source = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(source)
             sys.modules[path.stem] = module  # so that pickling and dataclasses see it
-            source.loader.exec_module(module)
+            with _importable_beside(path):  # its own sibling modules import as they would there
+                source.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
         function = getattr(module, function_name)
@@ -171,6 +173,17 @@ def _import_function(spec: str, target: str):
     if not callable(function):
         raise UserError(f"{spec!r}: {function_name} is a {type(function).__name__}, not callable")
     return function
+
+
+@contextmanager
+def _importable_beside(path: Path) -> Iterator[None]:
+    """The folder of ``path`` first on ``sys.path`` while its module is imported."""
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
 
 
 def _load_callable(spec: str, kwargs: dict[str, Any],
@@ -189,7 +202,7 @@ def _load_callable(spec: str, kwargs: dict[str, Any],
     path = None
     if path_text.strip():
         path = Path(path_text.strip())
-        load_strict(module, read_state_dict(path, trust_checkpoint), str(path))
+        load_strict(module, read_state_dict(path, trust_checkpoint, like=module), str(path))
         name = f"{name}:{path.stem}"
     return describe(module, label=name), path
 
@@ -209,7 +222,7 @@ def _load_arch_file(architecture: str, path: Path, kwargs: dict[str, Any],
                     trust_checkpoint: bool) -> tuple[LoadedModel, Path]:
     """A timm architecture with weights from a local file (classes taken from its head)."""
     module = _create(architecture, pretrained=False, **kwargs)
-    state = read_state_dict(path, trust_checkpoint)
+    state = read_state_dict(path, trust_checkpoint, like=module)
     num_classes = checkpoint_num_classes(module, state)
     if num_classes is not None and num_classes != module.num_classes and "num_classes" not in kwargs:
         module = _create(architecture, pretrained=False, **{**kwargs, "num_classes": num_classes})

@@ -43,6 +43,7 @@ def model_record(model: LoadedModel) -> dict[str, Any]:
         "input_size": list(model.data_config["input_size"]),
         "input_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()},
         "input_source": model.input_source,
+        "input_guessed": model.guessed,
         **({"info": model.info} if model.info else {}),
     }
 

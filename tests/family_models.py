@@ -80,6 +80,39 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
+class OneSequentialResNet(nn.Module):
+    """A CIFAR ResNet whose blocks across all three resolutions sit in one ``nn.Sequential``
+    (as some ResNet-110 repositories build it): stem, ``blocks``, pooling, classifier."""
+
+    def __init__(self, n: int = 2, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks, inputs = [], width
+        for index, outputs in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(OptionABlock(inputs, outputs, 2 if i == 0 and index else 1))
+                inputs = outputs
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inputs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(self.pool(out).flatten(1))
+
+
+class MnistMLP(nn.Module):
+    """A Lightning-tutorial MNIST MLP: no convolution, no size attribute, nothing to read off."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class TutorialCNN(nn.Module):
     """captum's CIFAR tutorial network: one pooling module applied twice, functional ReLUs."""
 
@@ -110,6 +143,14 @@ def encoder_vit(**kwargs) -> nn.Module:
 
 def cifar_resnet(**kwargs) -> nn.Module:
     return CifarResNet(**kwargs)
+
+
+def one_sequential_resnet(**kwargs) -> nn.Module:
+    return OneSequentialResNet(**kwargs)
+
+
+def mnist_mlp(**kwargs) -> nn.Module:
+    return MnistMLP(**kwargs)
 
 
 def tutorial_cnn() -> nn.Module:

@@ -270,8 +270,8 @@ def _affinely_equal(ours: np.ndarray, theirs: np.ndarray) -> list[float]:
 
 CNNS = [
     ("torchvision:resnet18", "layer4", (3, 64, 64)),
-    ("torchvision:mobilenet_v2", "features", (3, 64, 64)),
-    ("torchvision:convnext_tiny", "features", (3, 64, 64)),
+    ("torchvision:mobilenet_v2", "features.18", (3, 64, 64)),
+    ("torchvision:convnext_tiny", "features.7", (3, 64, 64)),
     ("cifar_resnet", "layer3", (3, 32, 32)),
     ("tutorial_cnn", "conv2", (3, 32, 32)),
     ("mnist_cnn", "5", (1, 28, 28)),

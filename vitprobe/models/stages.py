@@ -3,14 +3,17 @@
 A stage is the outermost module that finishes last at one spatial resolution: for a torchvision
 or timm ResNet ``act1``/``relu``, ``layer1`` ... ``layer4``; for a MobileNet or ConvNeXt the
 blocks of ``features`` where the resolution drops; for a CIFAR ResNet ``layer1`` ...
-``layer3``; for a plain ``nn.Sequential`` its indices. One forward pass on a zero image records,
+``layer3``, or the last block at each resolution when all its blocks sit in one
+``nn.Sequential``; for a plain ``nn.Sequential`` its indices. A container of earlier stages
+(``features``) is never a stage itself, so that each stage's parameters are its own. One forward pass on a zero image records,
 in execution order, every module output that is a (B, C, H, W) map whose stride is the same
 along both axes (channels-last tensors inside ConvNeXt blocks are not maps); recording stops at
 the first pooling to 1x1 or the first output that is no longer a map. A model whose own output
 is a map (a feature extractor) has itself, ``""``, as its last stage.
-Among the maps of one resolution the stage is the outermost module that finishes last (the model's
-own blocks when several share a resolution, as a dilated network's layer3 and layer4); maps
-deeper than the stages before them (a squeeze-excitation's 1x1 maps) are not stages, and when
+Among the maps of one resolution the stage is the module that finishes last before the block
+that goes on to the next resolution begins (the model's own blocks when several share a
+resolution, as a dilated network's layer3 and layer4); maps after which the network returns to
+larger maps (a squeeze-excitation's 1x1 maps) are not stages, and when
 some stages are blocks, single layers (a stem's activation) are not stages either; nor is a
 module called more than once per forward (the captum tutorial's shared pooling layer).
 """
@@ -55,7 +58,7 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
     size = (int(input_shape[1]), int(input_shape[2]))
     depth = {m: name.count(".") + 1 if name else 0 for name, m in module.named_modules()}
     names = {m: name for name, m in module.named_modules()}
-    finished: list[tuple[nn.Module, tuple[int, ...]]] = []
+    finished: list[tuple[nn.Module, tuple[int, ...], tuple[int, int] | None]] = []  # output, input grid
     pooled = False
 
     def on_output(sub, inputs, output):
@@ -63,9 +66,11 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
         if pooled:
             return
         if not _is_map(output, size) or (isinstance(sub, POOLING) and output.shape[-2:] == (1, 1)):
-            pooled = sub is not module and bool(finished) and depth[sub] <= min(depth[m] for m, _ in finished)
+            pooled = sub is not module and bool(finished) and depth[sub] <= min(depth[m] for m, _, _ in finished)
             return
-        finished.append((sub, tuple(output.shape[1:])))
+        source = inputs[0] if inputs else None
+        grid = tuple(source.shape[-2:]) if _is_map(source, size) else None
+        finished.append((sub, tuple(output.shape[1:]), grid))
 
     handles = [sub.register_forward_hook(on_output) for sub in module.modules()]
     try:
@@ -77,25 +82,41 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
         for handle in handles:
             handle.remove()
     calls: dict[nn.Module, int] = {}
-    for sub, _ in finished:
+    for sub, _, _ in finished:
         calls[sub] = calls.get(sub, 0) + 1
-    groups: dict[tuple[int, int], list[tuple[nn.Module, int]]] = {}
-    for sub, shape in finished:
+    groups: dict[tuple[int, int], list[tuple[int, nn.Module, int]]] = {}
+    for order, (sub, shape, _) in enumerate(finished):
         if calls[sub] > 1:
             continue  # a module applied twice (a shared pooling layer) has no single output
-        groups.setdefault((shape[1], shape[2]), []).append((sub, shape[0]))
+        groups.setdefault((shape[1], shape[2]), []).append((order, sub, shape[0]))
+    trunk = [grid for grid, entries in groups.items()
+             if not any(shape[1] * shape[2] > grid[0] * grid[1] for _, shape, _ in finished[entries[-1][0] + 1:])]
     stages: list[Stage] = []
-    trunk_depth = None
-    for grid, entries in groups.items():
-        outer = min(depth[sub] for sub, _ in entries)
-        if trunk_depth is not None and outer > trunk_depth:
-            continue  # maps inside a block (a squeeze-excitation's 1x1), not a stage of the trunk
-        trunk_depth = outer if trunk_depth is None else max(trunk_depth, outer)
-        outermost = [entry for entry in entries if depth[entry[0]] == outer]
-        # the model's own blocks at that resolution (a dilated network's layer3 and layer4 share
-        # one), else the last module to finish there
-        blocks = [entry for entry in outermost if outer == 1 and _has_children(entry[0])]
-        chosen = blocks or outermost[-1:]
+    for index, grid in enumerate(trunk):  # other grids: side branches the trunk comes back from (SE's 1x1)
+        entries = groups[grid]
+        if index + 1 < len(trunk):  # the block that goes on to the next grid is not part of this stage
+            going = _transition(finished, grid, trunk[index + 1], depth, module)
+            if going is not None:
+                entries = [e for e in entries if e[1] is not going and not names[e[1]].startswith(f"{names[going]}.")]
+        # a container of earlier stages (MobileNet's ``features``) is not a stage of its own
+        entries = [e for e in entries if not any(stage.name.startswith(f"{names[e[1]]}.") for stage in stages)]
+        if not entries:
+            continue
+        # the model's own blocks at that grid (a dilated network's layer3 and layer4 share one),
+        # else the module that finishes last there: an outer module's hook fires after its
+        # children's, so that is the outermost one, also among blocks inside one container
+        blocks = [(sub, channels) for _, sub, channels in entries if depth[sub] == 1 and _has_children(sub)]
+        chosen = blocks or [(entries[-1][1], entries[-1][2])]
         stages += [Stage(names[sub], channels, grid, round(size[0] / grid[0])) for sub, channels in chosen]
     blocks = [stage for stage in stages if _has_children(module.get_submodule(stage.name))]
     return blocks or stages
+
+
+def _transition(finished: list[tuple[nn.Module, tuple[int, ...], tuple[int, int] | None]],
+                grid: tuple[int, int], following: tuple[int, int], depth: dict[nn.Module, int],
+                root: nn.Module) -> nn.Module | None:
+    """The outermost module that takes ``grid`` maps in and gives ``following`` maps out (the
+    strided block, or the pooling, between two stages)."""
+    going = [sub for sub, shape, source in finished
+             if sub is not root and source == grid and tuple(shape[1:]) == following]
+    return min(going, key=lambda sub: depth[sub]) if going else None

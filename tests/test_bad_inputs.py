@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from vitprobe import errors as vitprobe_errors
 from vitprobe.cli import main
 
 MODELS = '''
@@ -500,3 +501,75 @@ def test_damaged_cached_weights_are_named_as_damaged(tmp_path) -> None:
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert "cached weights of test_vit.r160_in1k are damaged" in lines[0] and "model.safetensors" in lines[0]
+
+
+# -- several models failing: one line each, status in the JSON, no traceback --------------------
+QUICK = {
+    "sharpness": ["--no-sam", "--max-iter", "3"], "attention": ["--method", "rollout"],
+    "map-quality": ["--method", "rollout", "--steps", "2"], "receptive-field": [],
+    "landscape": ["--grid", "3"], "similarity": [], "frequency": [], "evaluate": [],
+    "corruptions": ["--corruption", "contrast", "--severity", "1"],
+    "throughput": ["--steps", "1", "--warmup", "0"],
+}
+
+
+@pytest.mark.parametrize("failing", ["the only model", "both models", "one of two"])
+@pytest.mark.parametrize("command", sorted(QUICK))
+def test_failing_models_are_one_line_each(command, failing, files, tmp_path, capsys) -> None:
+    """Every analysis command: each failed model on its own line, exit status 2, no traceback,
+    and a JSON whose status is ``failed`` (nothing done) or ``partial`` (the other model done)."""
+    mismatched, unknown = f"test_vit={files['keys.safetensors']}", f"test_vitt={files['vit']}"
+    good = f"test_vit={files['vit']}"
+    specs = {"the only model": [mismatched], "both models": [mismatched, unknown],
+             "one of two": [unknown, good]}[failing]
+    out = tmp_path / "out"
+    argv = [command, *[a for spec in specs for a in ("--model", spec)], *QUICK[command],
+            "--num-images", "4", "--batch-size", "4", "--quiet", "--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("vitprobe: warning:")]
+    assert "Traceback" not in err, err
+    assert code == 2, (code, err)
+    record = json.loads((out / f"{command}.json").read_text())
+    bad = [spec for spec in specs if spec != good]
+    assert [f["model"] for f in record["failed_models"]] == bad
+    if failing == "the only model":
+        assert lines == [f"vitprobe {command}: error: {record['failed_models'][0]['error']}"]
+        assert record["status"] == "failed"
+    else:
+        assert len(lines) == len(bad) + 1, err
+        for spec, line in zip(bad, lines):
+            assert line.startswith(f"vitprobe {command}: error: {spec}: "), line
+        assert lines[-1] == f"vitprobe {command}: {len(bad)} of 2 models failed (see above)"
+        assert record["status"] == ("partial" if failing == "one of two" else "failed")
+        assert len(record["models_done"]) == (1 if failing == "one of two" else 0)
+
+
+def test_class_folders_follow_torchvision_rule(files, tmp_path) -> None:
+    """Every class folder counts, an empty one too (torchvision's ImageFolder): 3 folders with
+    images and 1 empty one are the 4 classes of the model, by sorted position, as ImageFolder
+    gives them; with the empty folder dropped (as git drops it) the refusal names the rule and
+    the way to match by name, and ``--class-names`` then maps the folders by name."""
+    import torchvision
+
+    from vitprobe import load_data, load_model
+
+    root = tmp_path / "subset"
+    for index, name in enumerate(("cat", "dog", "emu", "fox")):
+        (root / name).mkdir(parents=True)
+        if name != "dog":
+            Image.new("RGB", (20, 20), (60 * index, 9, 9)).save(root / name / "a.png")
+    model = load_model(f"test_vit={files['vit']}")
+    data = load_data(str(root), model, num_images=3, batch_size=3)
+    reference = torchvision.datasets.ImageFolder(root, allow_empty=True)
+    assert sorted(data[0][1].tolist()) == sorted(reference.targets) == [0, 2, 3]
+    (root / "dog").rmdir()
+    with pytest.raises(vitprobe_errors.UserError) as refusal:
+        load_data(str(root), model, num_images=3)
+    message = str(refusal.value)
+    assert "3 class folders but" in message and "has 4 classes" in message
+    assert "ImageFolder rule" in message and "empty ones keep the positions" in message and "--class-names" in message
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nemu\nfox\n")
+    data = load_data(str(root), model, num_images=3, batch_size=3, class_names=str(names))
+    assert sorted(data[0][1].tolist()) == [0, 2, 3]

@@ -54,5 +54,5 @@ def test_the_header_is_filled_in(tiny_vit) -> None:
     assert result.images == 2 and result.seconds > 0
     assert result.options["discard_ratio"] == 0.5 and result.options["head_fusion"] == "mean"
     frame = result.to_frame()
-    assert frame.attrs["index"] == ["metric", "source"]
+    assert frame.attrs["index"] == ["metric", "source", "target_layer"]
     assert {"images", "seconds"} <= set(frame.columns)

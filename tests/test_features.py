@@ -157,7 +157,7 @@ def test_vit_tokens_are_laid_out_on_the_patch_grid_without_the_prefix():
                                       num_classes=3))
     maps = torch.randn(2, 8, 4, 4)
     tokens = torch.cat([torch.full((2, 1, 8), 99.0), maps.flatten(2).transpose(1, 2)], dim=1)
-    assert torch.equal(spatial(vit, tokens, (16, 16)), maps)
+    assert torch.equal(spatial(vit, tokens, (16, 16), "blocks.0"), maps)
     result = feature_frequency(vit, torch.randn(3, 3, 16, 16))
     assert result.layers == ["blocks.0"] and result.grids == [(4, 4)]
 

@@ -114,6 +114,8 @@ def run(ctx: RunContext) -> None:
                     ctx.log(f"{model.label} has no attention layers: captum {method}")
                 results = [attributions(model, data, method=method, layer=layer)
                            for layer in (args.layer or [None])]
+                if method == "gradcam":
+                    ctx.choices[model.label] = {"gradcam_layers": [r.options["layer"] for r in results]}
                 result = results[-1]
                 for extra in results[:-1]:
                     ctx.add_rows(extra.to_frame())

@@ -46,7 +46,7 @@ def overlay_figure(images: np.ndarray, results: Sequence[SaliencyResult], max_im
             heat = result.upsampled(tuple(images.shape[-2:]))[row, min(source, len(result.sources) - 1)]
             ax.imshow(_unit(heat), cmap="jet", alpha=0.5, interpolation="bilinear")
             if row == 0:
-                ax.set_title(f"{result.model}\n{result.method}", fontsize=8)
+                ax.set_title(f"{result.model}\n{result.title}", fontsize=8)
     axes[0, 0].set_title("image", fontsize=8)
     fig.tight_layout()
     return fig

@@ -28,7 +28,13 @@ class SaliencyResult(Result):
     input_size: tuple[int, int]
     targets: np.ndarray
 
-    INDEX: ClassVar[tuple[str, ...]] = ("metric", "source")
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "source", "target_layer")  # Grad-CAM's layer
+
+    @property
+    def title(self) -> str:
+        """The method, and the layer where it has one (Grad-CAM's)."""
+        layer = self.options.get("layer")
+        return f"{self.method} ({layer})" if layer else self.method
 
     def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The maps bilinearly resized to ``size`` (default the input size):
@@ -60,6 +66,7 @@ class SaliencyResult(Result):
         rows = []
         for j, source in enumerate(self.sources):
             for metric, values in (("map_entropy", entropy), ("top10_mass", top_mass)):
-                rows.append({"metric": f"{self.method}_{metric}", "source": source,
+                layer = {"target_layer": self.options["layer"]} if self.options.get("layer") else {}
+                rows.append({"metric": f"{self.method}_{metric}", "source": source, **layer,
                              "value": float(values[:, j].mean())})
         return rows

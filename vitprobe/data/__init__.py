@@ -173,7 +173,11 @@ def class_indices(folders: list[str], loaded: LoadedModel,
             index = {s: i for i, s in enumerate(synsets)}
             return {f: index[f] for f in folders}, {"class_mapping": "ImageNet synsets"}, names
     if classes is not None and len(folders) != classes:
-        raise UserError(f"the data has {len(folders)} class folders but {loaded.label} has {classes} "
-                        "classes: pass --class-names FILE (the model's class names, one a line, "
-                        "in its output order) to match folders to classes by name")
+        own = f" (its own names begin {', '.join(names[:3])})" if names else ""
+        raise UserError(
+            f"the data has {len(folders)} class folders but {loaded.label} has {classes} classes{own}: "
+            "folders are classes by sorted position (torchvision's ImageFolder rule: every class "
+            "folder counts, an empty one too), which needs one folder per class; add the missing "
+            "class folders (empty ones keep the positions), or pass --class-names FILE (the "
+            "model's class names, one a line, in its output order) to match folders by name")
     return {f: i for i, f in enumerate(folders)}, {"class_mapping": "sorted folders"}, names

@@ -27,7 +27,7 @@ from torch import nn
 from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.features.taps import spatial, taps
-from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers
+from vitprobe.models.loaded import LoadedModel, as_loaded, feature_layers
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.result import Result, analysis
 
@@ -87,7 +87,7 @@ def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
     loaded = as_loaded(model)
     batches = as_batches(data)
     size = tuple(batches[0][0].shape[-2:])
-    names = list(layers) if layers else default_layers(loaded, size)
+    names = list(layers) if layers else feature_layers(loaded, size, "the frequency analysis")
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     with eval_mode(loaded.module), taps(loaded, names) as outputs:
@@ -95,7 +95,7 @@ def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
             with torch.inference_mode():
                 loaded.module(images.to(module_device(loaded.module)))
             for name in names:
-                maps = spatial(loaded, outputs[name], size)
+                maps = spatial(loaded, outputs[name], size, name)
                 if maps.shape[-1] != maps.shape[-2] or maps.shape[-1] < 2:
                     raise UserError(f"layer {name!r} of {loaded.label} has {maps.shape[-2]}x"
                                     f"{maps.shape[-1]} maps: the frequency analysis needs square "

@@ -26,7 +26,7 @@ from torch import nn
 from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.features.taps import taps
-from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers
+from vitprobe.models.loaded import LoadedModel, as_loaded, feature_layers
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.result import Result, analysis
 
@@ -104,13 +104,14 @@ def layer_similarity(
     if len(second_batches) != len(batches) or any(
             a[0].shape[0] != b[0].shape[0] for a, b in zip(batches, second_batches)):
         raise UserError("other_data must hold the same images as data, in batches of the same sizes")
-    rows = list(layers) if layers else default_layers(first, tuple(batches[0][0].shape[-2:]))
+    rows = list(layers) if layers else feature_layers(first, tuple(batches[0][0].shape[-2:]), "CKA",
+                                                       least=1 if other is not None else 2)
     if other_layers:
         columns = list(other_layers)
     elif other is None:
         columns = rows
     else:
-        columns = default_layers(second, tuple(second_batches[0][0].shape[-2:]))
+        columns = feature_layers(second, tuple(second_batches[0][0].shape[-2:]), "CKA")
     cross = torch.zeros(len(rows), len(columns), dtype=torch.float64)
     self_rows = torch.zeros(len(rows), dtype=torch.float64)
     self_columns = torch.zeros(len(columns), dtype=torch.float64)

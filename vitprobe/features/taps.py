@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel
+from vitprobe.models.loaded import LoadedModel, layer_name
 
 
 @contextmanager
@@ -41,17 +41,18 @@ def taps(loaded: LoadedModel, layers: Sequence[str]) -> Iterator[dict[str, torch
             handle.remove()
 
 
-def spatial(loaded: LoadedModel, output: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    """A layer's output as a ``(B, C, H, W)`` map: a CNN's as it is, a ViT's patch tokens (its
-    prefix tokens dropped) laid out on the patch grid."""
+def spatial(loaded: LoadedModel, output: torch.Tensor, input_size: tuple[int, int],
+            name: str) -> torch.Tensor:
+    """Layer ``name``'s output as a ``(B, C, H, W)`` map: a CNN's as it is, a ViT's patch tokens
+    (its prefix tokens dropped) laid out on the patch grid."""
     if output.dim() == 4:
         return output
     if output.dim() == 3 and loaded.family == "vit":
         rows, cols = loaded.grid_size(input_size)
         patches = output[:, loaded.num_prefix_tokens:, :]
         if patches.shape[1] != rows * cols:
-            raise UserError(f"a layer of {loaded.label} has {patches.shape[1]} patch tokens, not the "
+            raise UserError(f"{layer_name(name)} of {loaded.label} has {patches.shape[1]} patch tokens, not the "
                             f"{rows}x{cols} grid of its input")
         return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], rows, cols)
-    raise UserError(f"a layer of {loaded.label} outputs shape {tuple(output.shape)}: neither a "
-                    "(B, C, H, W) feature map nor (B, tokens, C) patch tokens")
+    raise UserError(f"{layer_name(name)} of {loaded.label} outputs shape {tuple(output.shape)}: "
+                    "neither a (B, C, H, W) feature map nor (B, tokens, C) patch tokens")

@@ -37,7 +37,7 @@ from torch import nn
 from vitprobe import distributed
 from vitprobe.data.batches import Batches, DataLike, as_batches
 from vitprobe.errors import UserError
-from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers
+from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers, layer_name
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.progress import log, progress
 from vitprobe.receptive_field.result import ReceptiveFieldResult
@@ -62,8 +62,10 @@ class CentreObjective:
     """
 
     def __init__(self, relu: bool, grid: tuple[int, int] | None = None,
-                 num_prefix_tokens: int = 0, sequence_first: bool = False) -> None:
+                 num_prefix_tokens: int = 0, sequence_first: bool = False,
+                 where: str = "the layer") -> None:
         self.relu = relu
+        self.where = where
         self.sequence_first = sequence_first
         self.grid = grid
         self.num_prefix_tokens = num_prefix_tokens
@@ -86,11 +88,11 @@ class CentreObjective:
             elif tokens == rows * cols:
                 prefix = 0  # the patch embedding: patches only
             else:
-                raise UserError(f"the layer returned {tokens} tokens, but the model's layout is "
+                raise UserError(f"{self.where} returned {tokens} tokens, but the model's layout is "
                                 f"{self.num_prefix_tokens} prefix tokens + a {rows}x{cols} grid")
             values = output[:, prefix + (rows // 2) * cols + cols // 2, :]
         else:
-            raise UserError(f"the layer's output has shape {tuple(output.shape)}: neither a "
+            raise UserError(f"{self.where} outputs shape {tuple(output.shape)}: neither a "
                             "(B, C, H, W) feature map nor (B, tokens, C) patch tokens")
         self.unit, self.output_grid = (rows // 2, cols // 2), (rows, cols)
         if self.relu:
@@ -237,7 +239,8 @@ def effective_receptive_field(
     raw, units, grids, used, skipped = [], [], [], 0, 0
     with eval_mode(loaded.module):
         for name in layers:
-            objective = CentreObjective(objective_relu, grid, loaded.num_prefix_tokens, sequence_first)
+            objective = CentreObjective(objective_relu, grid, loaded.num_prefix_tokens, sequence_first,
+                                        where=f"{layer_name(name)} of {loaded.label}")
             total, used, skipped = _accumulate(loaded, batches, name, objective,
                                                GRADIENT_RULES[gradient])
             if used == 0:

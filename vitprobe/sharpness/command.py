@@ -180,7 +180,8 @@ def run(ctx: RunContext) -> None:
             ctx.choices[model.label] = spectrum.choices
             spectra.append(spectrum)
             ctx.add_rows(spectrum.to_frame().assign(**extra))
-            row = {"model": model.label, **extra, "data": data.spec, "loss": spectrum.loss,
+            row = {"model": model.label, **extra, "data": data.spec, "images": data.num_images,
+                   "loss": spectrum.loss,
                    **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
                    "hvps": spectrum.total_hvps}
             if args.trace:

@@ -385,3 +385,28 @@ def test_one_sequential_resnet_stage_outputs_are_what_the_blocks_return() -> Non
     handle.remove()
     stage = next(s for s in loaded.stages() if s.name == "blocks.3")
     assert tuple(seen["out"][1:]) == (stage.channels, *stage.grid)
+
+
+def test_errors_name_the_layer_and_sharpness_prints_its_images(tmp_path, capsys) -> None:
+    """A layer whose output is no map is named in frequency's and receptive-field's refusal; the
+    sharpness table says on how many images it was measured."""
+    common = ["--model", f"py:{FAMILY}:mnist_mlp", "--in-chans", "1", "--input-size", "28",
+              "--num-images", "4", "--quiet"]
+    for command in ("frequency", "receptive-field"):
+        assert main([command, *common, "--layer", "layers.1", "--out", str(tmp_path / command)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "layer 'layers.1' of mnist_mlp outputs shape (4, 32)" in error, error
+    assert main(["sharpness", "--model", "demo:vit", "--num-images", "8", "--no-sam", "--max-iter", "4",
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "images" in header and "data" in header
+
+
+def test_similarity_reads_every_stage_inside_one_container(tmp_path) -> None:
+    """CKA on the one-container ResNet is 3 x 3 (a stage per resolution), not CKA(output, output)."""
+    from vitprobe import layer_similarity
+
+    model = vitprobe.load_model(f"py:{FAMILY}:one_sequential_resnet",
+                                input=vitprobe.InputOverrides(input_size=(32, 32)))
+    result = layer_similarity(model, torch.randn(8, 3, 32, 32))
+    assert result.layers == ["blocks.1", "blocks.3", "blocks.5"] and result.cka.shape == (3, 3)

@@ -23,9 +23,9 @@ from vitprobe.attention import explain, map_quality
 from vitprobe.data import load_data
 from vitprobe.features import feature_frequency, layer_similarity
 from vitprobe.models import load_model
+from vitprobe.report.files import write_text
 from vitprobe.robustness import corruption_accuracy
 from vitprobe.sharpness import block_spectrum
-from vitprobe.report.files import write_text
 
 MODELS = ("demo:vit", "demo:resnet")
 IMAGES = 64

@@ -30,10 +30,10 @@ from vitprobe import attention_rollout, attributions, load_data, loss_landscape
 from vitprobe.models import as_loaded
 from vitprobe.report.files import write_text
 from vitprobe.sharpness import HessianOperator
-from vitprobe.sharpness.spectrum import spectrum_of
-from vitprobe.sharpness.trace import trace_of
 from vitprobe.sharpness.loss import cross_entropy
 from vitprobe.sharpness.pyhessian_peer import PyHessianRun
+from vitprobe.sharpness.spectrum import spectrum_of
+from vitprobe.sharpness.trace import trace_of
 
 FULL = {"vit": "vit_base_patch16_224", "cnn": "resnet152"}
 SMOKE = {"vit": "test_vit", "cnn": "test_resnet"}
@@ -50,7 +50,7 @@ class Step:
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __enter__(self) -> "Step":
+    def __enter__(self) -> Step:
         synchronise(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -55,7 +55,7 @@ def relative_error(values, reference) -> float:
 class Clock:
     """CPU seconds of this process and wall seconds of a block."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.cpu, self.wall = time.process_time(), time.perf_counter()
         return self
 

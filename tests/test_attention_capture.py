@@ -11,8 +11,13 @@ import torch
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprobe.attention import (attention_maps, attention_rollout, attributions, gradient_rollout,
-                                mean_attention_distance)
+from vitprobe.attention import (
+    attention_maps,
+    attention_rollout,
+    attributions,
+    gradient_rollout,
+    mean_attention_distance,
+)
 from vitprobe.attention.rollout import rollout
 from vitprobe.errors import UserError
 

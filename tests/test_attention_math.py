@@ -15,9 +15,9 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprobe.attention import attention_rollout, gradient_rollout, mean_attention_distance
 from vitprobe.attention.distance import attention_distances, t_interval
 from vitprobe.attention.gradient_rollout import gradient_rollout_matrix
-from vitprobe.models.token_layout import TokenLayout
 from vitprobe.attention.rollout import discard_lowest, fuse_heads, rollout
 from vitprobe.errors import UserError
+from vitprobe.models.token_layout import TokenLayout
 
 
 def test_rollout_two_layers_by_hand() -> None:

@@ -13,8 +13,7 @@ from torch import nn
 
 from vitprobe.data.batches import Batches
 from vitprobe.errors import UserError
-from vitprobe.evaluation import (evaluate, expected_calibration_error, reliability_figure,
-                                 wilson_interval)
+from vitprobe.evaluation import evaluate, expected_calibration_error, reliability_figure, wilson_interval
 
 
 class FixedLogits(nn.Module):

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from matplotlib.collections import QuadMesh
 from landscape_models import tiny_data, tiny_resnet, tiny_vit, tiny_vit_b
+from matplotlib.collections import QuadMesh
 
 from vitprobe.cli import main
 from vitprobe.data import load_data

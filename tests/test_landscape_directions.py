@@ -9,8 +9,7 @@ import torch
 from landscape_models import tiny_resnet, tiny_resnet_b, tiny_vit
 
 from vitprobe.errors import UserError
-from vitprobe.landscape import (checkpoint_direction, filter_rule, loss_landscape, orthogonalize,
-                                random_direction)
+from vitprobe.landscape import checkpoint_direction, filter_rule, loss_landscape, orthogonalize, random_direction
 
 
 def row_norms(tensor: torch.Tensor, rows: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import family_models
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,6 @@ from vitprobe.data import load_data
 from vitprobe.errors import UserError
 from vitprobe.models import InputOverrides
 from vitprobe.receptive_field import default_layers, effective_receptive_field
-
-import family_models
 
 FAMILIES = Path(family_models.__file__)
 

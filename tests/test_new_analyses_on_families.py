@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import family_models
 import pandas as pd
 import pytest
 import torch
 import torchvision
 
-import family_models
 from vitprobe.cli import main
 
 FAMILIES = Path(family_models.__file__)

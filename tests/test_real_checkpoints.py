@@ -30,9 +30,9 @@ from PIL import Image
 from torch import nn
 
 import vitprobe
+from tests.family_models import CifarResNet, OneSequentialResNet
 from vitprobe.cli import main
 from vitprobe.errors import UserError
-from tests.family_models import CifarResNet, OneSequentialResNet
 
 FAMILY = Path(__file__).with_name("family_models.py")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

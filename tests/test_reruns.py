@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 import run_models
 
 MODELS = [f"py:{run_models.__file__}:{name}" for name in "abc"]

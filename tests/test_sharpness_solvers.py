@@ -10,8 +10,8 @@ import textwrap
 
 import numpy as np
 import torch
-
 from test_sharpness_hessian import batches_of, dense_hessian, small_vit
+
 from vitprobe.sharpness import hessian_spectrum
 
 

@@ -10,7 +10,6 @@ from torch import nn
 from vitprobe.errors import UserError
 from vitprobe.throughput import measure_throughput
 
-
 SEEN: list[int] = []  # batch sizes the module was called with (measure_throughput runs a copy)
 
 

@@ -42,7 +42,6 @@ from vitprobe.report.files import sha256_file, write_csv, write_json
 from vitprobe.report.metadata import run_metadata
 
 
-
 class AllModelsFailed(UserError):
     """Every model of the run failed; each was reported on its own line."""
 
@@ -54,7 +53,7 @@ class Command:
     name: str
     help: str
     options: type[SharedOptions]
-    run: Callable[["RunContext"], None]
+    run: Callable[[RunContext], None]
 
 
 @dataclass
@@ -319,7 +318,7 @@ class Previous:
     record: dict
 
     @classmethod
-    def read(cls, csv_path: Path, json_path: Path) -> "Previous | None":
+    def read(cls, csv_path: Path, json_path: Path) -> Previous | None:
         try:
             rows = pd.read_csv(csv_path)
             record = json.loads(json_path.read_text())

@@ -24,8 +24,8 @@ from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
-from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.errors import UserError
+from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.result import analysis
 

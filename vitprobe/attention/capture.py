@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.models.token_layout import TokenLayout
-from vitprobe.models.attention_sites import (AttentionModel, SiteListener, ToAttentionGrad,
-                                             mha_math_path)
 from vitprobe.errors import UserError
+from vitprobe.models.attention_sites import AttentionModel, SiteListener, ToAttentionGrad, mha_math_path
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.result import Result, analysis
 
 OnAttention = Callable[[int, torch.Tensor], None]

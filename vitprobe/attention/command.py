@@ -17,14 +17,14 @@ from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.methods import ATTENTION_METHODS, METHODS, attention_readable, explain
 from vitprobe.attention.quality import map_quality, random_maps
 from vitprobe.attention.rollout import HEAD_FUSIONS
-from vitprobe.options import SharedOptions, option
-from vitprobe.report.files import slug
 from vitprobe.command import Command, RunContext
 from vitprobe.data import rgb_pixels
 from vitprobe.data.batches import Batches
 from vitprobe.data.masks import object_masks
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.options import SharedOptions, option
+from vitprobe.report.files import slug
 
 MAX_GRID = 6
 

@@ -26,9 +26,9 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.models.token_layout import TokenLayout
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.result import Result, analysis
 
 

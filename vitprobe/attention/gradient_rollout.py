@@ -21,8 +21,8 @@ from vitprobe.attention.capture import AttentionCapture, attention_gradients, se
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import token_maps
-from vitprobe.models.outputs import logits as output_logits
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.models.outputs import logits as output_logits
 from vitprobe.result import analysis
 
 

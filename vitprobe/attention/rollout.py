@@ -25,11 +25,11 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture, select
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.models.token_layout import TokenLayout
 from vitprobe.attention.maps import SaliencyResult
-from vitprobe.models.outputs import logits as output_logits
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.models.outputs import logits as output_logits
+from vitprobe.models.token_layout import TokenLayout
 from vitprobe.result import analysis
 
 HEAD_FUSIONS = ("mean", "max", "min")

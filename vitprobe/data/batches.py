@@ -48,11 +48,11 @@ class Batches(Sequence[Batch]):
         """All labels in one tensor."""
         return torch.cat([labels for _, labels in self.batches])
 
-    def to(self, device: torch.device | str) -> "Batches":
+    def to(self, device: torch.device | str) -> Batches:
         moved = [(x.to(device), y.to(device)) for x, y in self.batches]
         return Batches(moved, self.spec, self.labels_from_model, self.class_names, self.paths, self.info)
 
-    def rebatch(self, batch_size: int) -> "Batches":
+    def rebatch(self, batch_size: int) -> Batches:
         """The same images in batches of ``batch_size`` (the last may be smaller)."""
         images, labels = self.images(), self.labels()
         batches = [(images[i:i + batch_size], labels[i:i + batch_size])

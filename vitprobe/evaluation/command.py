@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from vitprobe.options import SharedOptions, option
 from vitprobe.command import Command, RunContext
 from vitprobe.evaluation.evaluate import evaluate
 from vitprobe.evaluation.figures import reliability_figure
+from vitprobe.options import SharedOptions, option
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,8 @@ from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import eval_mode, module_device
-from vitprobe.models.outputs import check_labels, logits as output_logits
+from vitprobe.models.outputs import check_labels
+from vitprobe.models.outputs import logits as output_logits
 from vitprobe.result import Result, analysis
 
 

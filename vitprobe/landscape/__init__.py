@@ -2,8 +2,14 @@
 along filter-normalised random directions, Hessian eigenvectors, or the line between two
 checkpoints; exact (no drift), resumable and sharded."""
 
-from vitprobe.landscape.directions import (checkpoint_direction, eigen_directions, filter_normalize,
-                                           filter_rule, orthogonalize, random_direction)
+from vitprobe.landscape.directions import (
+                                           checkpoint_direction,
+                                           eigen_directions,
+                                           filter_normalize,
+                                           filter_rule,
+                                           orthogonalize,
+                                           random_direction,
+)
 from vitprobe.landscape.engine import loss_landscape
 from vitprobe.landscape.grid import Grid
 from vitprobe.landscape.result import LandscapeResult

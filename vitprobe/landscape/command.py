@@ -21,8 +21,8 @@ from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.landscape.engine import BN_STATS, KINDS, landscape_label
 from vitprobe.landscape.figures import plot_contours, plot_curves, plot_heatmaps, plot_surfaces
-from vitprobe.landscape.result import LandscapeResult
 from vitprobe.landscape.grid import parse_span
+from vitprobe.landscape.result import LandscapeResult
 from vitprobe.landscape.resumable import resumable_landscape
 from vitprobe.models.demo import SAM_TWINS
 from vitprobe.options import TRAINING_DATA, SharedOptions, option

@@ -12,8 +12,13 @@ from torch import nn
 from vitprobe import distributed
 from vitprobe.data.batches import Batches, DataLike, as_batches
 from vitprobe.errors import UserError, require_finite
-from vitprobe.landscape.directions import (Direction, checkpoint_direction, eigen_directions,
-                                           orthogonalize, random_direction)
+from vitprobe.landscape.directions import (
+    Direction,
+    checkpoint_direction,
+    eigen_directions,
+    orthogonalize,
+    random_direction,
+)
 from vitprobe.landscape.evaluate import LossFn, WeightSpace, evaluate, recalibrate_batchnorm
 from vitprobe.landscape.grid import Grid, GridLike, SpanLike
 from vitprobe.landscape.result import LandscapeResult

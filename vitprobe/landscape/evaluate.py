@@ -85,7 +85,7 @@ class WeightSpace:
                 buffer.copy_(saved)
 
     @contextmanager
-    def active(self) -> Iterator["WeightSpace"]:
+    def active(self) -> Iterator[WeightSpace]:
         """The module in eval mode for the block; its weights, buffers and training flags
         restored afterwards."""
         with eval_mode(self.module):

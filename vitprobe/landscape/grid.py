@@ -68,7 +68,7 @@ class Grid:
     two_d: bool
 
     @classmethod
-    def make(cls, grid: GridLike, span: SpanLike = (-1, 1), beta_span: SpanLike | None = None) -> "Grid":
+    def make(cls, grid: GridLike, span: SpanLike = (-1, 1), beta_span: SpanLike | None = None) -> Grid:
         n_alpha, n_beta = parse_grid(grid)
         alphas = coordinates(n_alpha, parse_span(span))
         if n_beta is None:

@@ -361,7 +361,7 @@ def mha_math_path() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
-def attention_model(loaded: "LoadedModel") -> AttentionModel:
+def attention_model(loaded: LoadedModel) -> AttentionModel:
     """The attention sites, blocks and token layout of a loaded ViT of any supported family;
     a UserError naming the module that could not be read otherwise."""
     module = loaded.module

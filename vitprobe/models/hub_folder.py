@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError, first_line
-from vitprobe.models.input_config import pair
 from vitprobe.models.checkpoints import load_strict, read_state_dict, timm_filter
+from vitprobe.models.input_config import pair
 from vitprobe.models.loaded import LoadedModel, describe
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")

@@ -18,8 +18,8 @@ from torch import nn
 
 from vitprobe.errors import UserError, first_line
 from vitprobe.models import attention_sites as sites
-from vitprobe.models.module_state import module_device
 from vitprobe.models.input_config import FLAGS, InputOverrides, inferred_config, pair, timm_config
+from vitprobe.models.module_state import module_device
 from vitprobe.models.outputs import logits
 from vitprobe.models.stages import Stage, feature_stages
 from vitprobe.models.token_layout import TokenLayout
@@ -130,7 +130,7 @@ class LoadedModel:
                             f"{'blocks' if self.family == 'vit' else 'stages'}: "
                             f"{', '.join(candidates)} (any module name works)") from None
 
-    def with_input(self, overrides: InputOverrides) -> "LoadedModel":
+    def with_input(self, overrides: InputOverrides) -> LoadedModel:
         """Apply user input settings; a fixed-size timm ViT is resized to a new input size."""
         if not overrides.given:
             return self
@@ -150,7 +150,7 @@ class LoadedModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def to(self, device: torch.device | str) -> "LoadedModel":
+    def to(self, device: torch.device | str) -> LoadedModel:
         self.module.to(device)
         return self
 

@@ -13,8 +13,8 @@ import difflib
 import importlib
 import importlib.util
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,13 @@ import torch
 from torch import nn
 
 from vitprobe.errors import UserError, first_line
-from vitprobe.models.checkpoints import (WEIGHT_SUFFIXES, checkpoint_num_classes, load_strict,
-                                         read_state_dict, timm_filter)
+from vitprobe.models.checkpoints import (
+    WEIGHT_SUFFIXES,
+    checkpoint_num_classes,
+    load_strict,
+    read_state_dict,
+    timm_filter,
+)
 from vitprobe.models.input_config import FLAGS, InputOverrides, describe_guesses
 from vitprobe.models.loaded import LoadedModel, complete, describe
 from vitprobe.progress import warn

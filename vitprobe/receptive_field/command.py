@@ -3,16 +3,16 @@ side."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
-import math
 
 import pandas as pd
 
-from vitprobe.options import SharedOptions, option
 from vitprobe.command import Command, RunContext
 from vitprobe.data.batches import Batches
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.options import SharedOptions, option
 from vitprobe.receptive_field.effective import (
     CENTRES,
     GRADIENT_RULES,

@@ -41,9 +41,9 @@ from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers, layer
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.progress import log, progress
 from vitprobe.receptive_field.result import ReceptiveFieldResult
-from vitprobe.result import analysis
 from vitprobe.receptive_field.scores import DEFAULT_THRESHOLDS
 from vitprobe.receptive_field.theoretical import TheoreticalField, layer_fields
+from vitprobe.result import analysis
 
 GRADIENT_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu, "abs": torch.abs,

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,9 +41,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.models.input_config import pair
-from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.result import Result, analysis
 
@@ -62,12 +62,12 @@ class Axis:
         """Centre of unit 0's field, in input pixel index coordinates."""
         return self.first + (self.size - 1) / 2
 
-    def window(self, kernel: int, stride: int, dilation: int, padding: int) -> "Axis":
+    def window(self, kernel: int, stride: int, dilation: int, padding: int) -> Axis:
         return Axis(first=self.first - padding * self.jump,
                     size=self.size + (kernel - 1) * dilation * self.jump,
                     jump=self.jump * stride)
 
-    def shift(self, units: int) -> "Axis":
+    def shift(self, units: int) -> Axis:
         """The same field seen from a tensor padded by ``units`` positions in front."""
         return Axis(self.first - units * self.jump, self.size, self.jump)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
 import sys
+from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 

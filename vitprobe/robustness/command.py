@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitprobe.command import Command, RunContext
+from vitprobe.options import SharedOptions, option
 from vitprobe.robustness.corruption import corruption_accuracy, relative_to
 from vitprobe.robustness.figures import severity_figure
 from vitprobe.robustness.imagenet_c import CORRUPTIONS, SEVERITIES
-from vitprobe.options import SharedOptions, option
 
 
 @dataclass(kw_only=True)

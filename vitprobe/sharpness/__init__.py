@@ -10,11 +10,10 @@ Hessian is a linear operator (:class:`HessianOperator`); the solvers (:func:`eig
 from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
 from vitprobe.sharpness.density import DensityEstimate, hessian_density, spectral_density
 from vitprobe.sharpness.keskar import keskar_sharpness
-from vitprobe.sharpness.operator import HessianOperator
-from vitprobe.sharpness.results import (DensityResult, KeskarResult, SamResult, SpectrumResult,
-                                        TraceResult)
-from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.lanczos import Eigenpairs, SymmetricOperator
+from vitprobe.sharpness.operator import HessianOperator
+from vitprobe.sharpness.results import DensityResult, KeskarResult, SamResult, SpectrumResult, TraceResult
+from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import eigenpairs, hessian_spectrum
 from vitprobe.sharpness.subsets import SubsetsResult, sharpness_subsets
 from vitprobe.sharpness.trace import TraceEstimate, hessian_trace, trace_estimate

@@ -10,27 +10,27 @@ sharpness, per model; with no ``--model`` it compares the demo zoo (ViT vs ResNe
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import ClassVar
-import re
 
 import numpy as np
 import pandas as pd
 
-from vitprobe.report.files import slug
 from vitprobe.command import Command, RunContext
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.options import TRAINING_DATA, SharedOptions, option
-from vitprobe.sharpness.density import density_of
+from vitprobe.report.files import slug
 from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
+from vitprobe.sharpness.density import density_of
 from vitprobe.sharpness.figures import block_figure, density_plot, eigenvalue_bars, eigenvalue_comparison
-from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
 from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
 from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.results import SpectrumResult
 from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import METHODS, spectrum_of
+from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
 from vitprobe.sharpness.trace import trace_of
 
 DEFAULT_RHO = 0.05

@@ -32,15 +32,22 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
-from vitprobe.errors import UserError
-from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.progress import warn
+from vitprobe.result import analysis
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad
 from vitprobe.sharpness.results import KeskarResult
-from vitprobe.sharpness.vectors import (ParamFilter, filter_label, flatten, perturbed, select_parameters,
-                                       set_values, unflatten)
+from vitprobe.sharpness.vectors import (
+    ParamFilter,
+    filter_label,
+    flatten,
+    perturbed,
+    select_parameters,
+    set_values,
+    unflatten,
+)
 
 KESKAR_METHODS = ("lbfgsb", "projected")
 KESKAR_STARTS = ("corner", "random", "centre")

@@ -29,8 +29,7 @@ from vitprobe import distributed
 from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
-from vitprobe.sharpness.loss import (LossFn, analysis_mode, batch_loss, cross_entropy,
-                                     local_share)
+from vitprobe.sharpness.loss import LossFn, analysis_mode, batch_loss, cross_entropy, local_share
 from vitprobe.sharpness.vectors import ParamFilter, filter_label, flatten, select_parameters, unflatten
 
 KeepGraphs = Literal["auto"] | bool
@@ -242,7 +241,7 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         self._seen: set[int] = set()
         super().__init__(self._pack, lambda t: t)
 
-    def __enter__(self) -> "_SavedBytes":
+    def __enter__(self) -> _SavedBytes:
         super().__enter__()
         return self
 

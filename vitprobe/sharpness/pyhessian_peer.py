@@ -32,7 +32,7 @@ class PyHessianRun:
         self.hvps = 0
 
     @contextmanager
-    def _session(self) -> Iterator["object"]:
+    def _session(self) -> Iterator[object]:
         ph = importlib.import_module("pyhessian.hessian")  # the module: the package rebinds the name
 
         chosen = {id(p) for p in self.params}

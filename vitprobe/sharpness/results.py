@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from scipy import stats
 import torch
+from scipy import stats
 
 from vitprobe.result import Result
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.errors import UserError
-from vitprobe.result import analysis
 from vitprobe.data.batches import Batch, DataLike, as_batches
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.result import analysis
 from vitprobe.sharpness.loss import LossFn, cross_entropy, local_share, mean_loss_and_grad
 from vitprobe.sharpness.results import SamResult
 from vitprobe.sharpness.vectors import ParamFilter, filter_label, perturbed, select_parameters, set_values

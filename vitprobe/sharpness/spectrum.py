@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.errors import UserError
-from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import analysis
 from vitprobe.sharpness.lanczos import Eigenpairs, SymmetricOperator, lanczos_top
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs

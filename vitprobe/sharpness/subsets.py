@@ -22,9 +22,9 @@ from torch import nn
 from vitprobe.data.batches import Batches, DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
+from vitprobe.result import Result, analysis
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator
-from vitprobe.result import Result, analysis
 from vitprobe.sharpness.spectrum import eigenpairs
 from vitprobe.sharpness.trace import trace_estimate
 from vitprobe.sharpness.vectors import ParamFilter

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
-from vitprobe.result import analysis
 from vitprobe.data.batches import DataLike
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
+from vitprobe.result import analysis
 from vitprobe.sharpness.lanczos import SymmetricOperator
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs

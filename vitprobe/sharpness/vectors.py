@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Union
 
 import torch
 from torch import nn
 
 from vitprobe.errors import UserError
 
-ParamFilter = Union[None, str, Callable[[str, nn.Parameter], bool]]
+ParamFilter = None | str | Callable[[str, nn.Parameter], bool]
 
 
 def filter_label(params: ParamFilter) -> str:

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vitprobe.errors import UserError
-from vitprobe.options import (SharedOptions, check_setting, field_of, options_from_settings,
-                              recipe_keys)
+from vitprobe.options import SharedOptions, check_setting, field_of, options_from_settings, recipe_keys
 
 if sys.version_info >= (3, 11):
     import tomllib

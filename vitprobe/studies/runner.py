@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from vitprobe.errors import UserError
+from vitprobe.options import SharedOptions, options_from_settings, recorded
 from vitprobe.progress import log
 from vitprobe.report.files import atomic_write, sha256_file
-from vitprobe.options import SharedOptions, options_from_settings, recorded
 from vitprobe.studies.recipe import TRAINING_ANALYSES, Analysis, Recipe, command_options
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.errors import UserError
 from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
-from vitprobe.result import Result, analysis
 from vitprobe.progress import log
+from vitprobe.result import Result, analysis
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

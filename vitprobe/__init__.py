@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place it is written: pyproject.toml reads it; CHANGELOG.md
 
 _EXPORTS = {
     "load_model": "vitprobe.models",

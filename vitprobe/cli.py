@@ -131,7 +131,7 @@ def execute(command: Command, options: SharedOptions, argv: list[str]) -> int:
         _close(ctx, "complete")
         return 0
     except AllModelsFailed as error:
-        if len(ctx.model_specs) > 1:  # a single model's error is the line itself
+        if ctx is not None and len(ctx.model_specs) > 1:  # a single model's error is the line itself
             print(f"vitprobe {command.name}: {error}", file=sys.stderr)
         else:
             print(f"vitprobe {command.name}: error: {error}", file=sys.stderr)

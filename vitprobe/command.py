@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 import torch
@@ -53,15 +53,18 @@ class Command:
     name: str
     help: str
     options: type[SharedOptions]
-    run: Callable[[RunContext], None]
+    run: Callable[[RunContext[Any]], None]
+
+
+Options = TypeVar("Options", bound=SharedOptions)
 
 
 @dataclass
-class RunContext:
+class RunContext(Generic[Options]):
     """Loads models and data for a command and writes what it produces."""
 
     command: Command
-    options: SharedOptions
+    options: Options
     argv: list[str]
     device: torch.device
     out: Path = field(init=False)  # --out, or ./vitprobe-out
@@ -122,7 +125,7 @@ class RunContext:
             allow_download=self.options.allow_download,
             trust_checkpoint=self.options.trust_checkpoint,
             device=self.device,
-            model_args=(self.options.model_args or {}).get(index),
+            model_args=(self.options.model_args or {}).get(index) if index is not None else None,
             input=self.input_overrides,
         )
         self.loaded.append(model)
@@ -306,7 +309,8 @@ class RunContext:
         meta["choices"] = self.choices
         meta["columns"] = self.declared
         meta["csv_sha256"] = csv_sha
-        meta["kept_from_previous"] = self.previous.describe(sorted(set(kept["model"]))) if len(kept) else None
+        meta["kept_from_previous"] = (self.previous.describe(sorted(set(kept["model"])))
+                                      if self.previous is not None and len(kept) else None)
         write_json(meta, self.json_path)
 
 

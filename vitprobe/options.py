@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -83,7 +84,10 @@ def shape_of(annotation: Any) -> Shape:
 
 def _default(item: dataclasses.Field) -> Any:
     """A field's default value (a fresh one for a list)."""
-    return item.default if item.default is not dataclasses.MISSING else item.default_factory()
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    factory: Callable[[], Any] = item.default_factory  # type: ignore[assignment]  # set where default is not
+    return factory()
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -161,6 +165,8 @@ def check_setting(cls: type[SharedOptions], key: str, value: Any) -> str | None:
     """Why a recipe cannot give ``value`` to ``key`` (None if it can), in the terms the
     command line would use."""
     item = field_of(cls, key)
+    if item is None:
+        return "is not a setting"
     shape = shape_of(_hints(cls)[item.name])
     if shape.kind is bool:
         return None if isinstance(value, bool) else "expects true or false"
@@ -196,6 +202,8 @@ def options_from_settings(cls: type[O], settings: dict[str, Any]) -> O:
     values = {}
     for key, value in settings.items():
         item = field_of(cls, key)
+        if item is None:
+            raise UserError(f"{cls.__name__} has no recipe setting {key!r}")
         values[item.name] = _convert(shape_of(hints[item.name]), value)
     return cls(**values)
 

@@ -19,11 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VALUE_COLUMNS = ("value", "ci_low", "ci_high", "std_error")
 HEADER_ANNOTATIONS = ("images", "seconds")
@@ -66,6 +69,17 @@ class Result:
         frame = frame[[c for c in declared if c in frame.columns]]
         frame.attrs.update(declaration(type(self)))
         return frame
+
+    def plot(self) -> Figure:
+        """The figure the analysis's command draws for this result. A result whose command draws
+        none gets its reported values as bars, with their intervals where it has them."""
+        from vitprobe.report.figures import value_bars
+
+        return value_bars(self.to_frame(), title=self.model)
+
+    def _repr_html_(self) -> str:
+        """The tidy table, for notebooks."""
+        return self.to_frame().to_html(index=False, max_rows=60, float_format=lambda v: f"{v:.4g}")
 
 
 def declaration(kind: type[Result]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
+from vitprobe.data.batches import spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.models.loaded import LoadedModel
@@ -48,7 +49,7 @@ class ViTLastStage:
         self.grid = TokenGrid()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        layout = self.amodel.layout(tuple(images.shape[-2:]))
+        layout = self.amodel.layout(spatial_size(images))
         p = layout.num_prefix_tokens
         sequence_first = self.amodel.sequence_first
 
@@ -91,10 +92,10 @@ def _gradcam(forward, vit_stage: ViTLastStage | None, loaded: LoadedModel, layer
     if vit_stage is not None:
         explainer, name = LayerGradCam(vit_stage, vit_stage.grid), "last block input (patch grid)"
     else:
-        stage, name = cnn_last_stage(loaded, layer, tuple(images.shape[-2:]))
+        stage, name = cnn_last_stage(loaded, layer, spatial_size(images))
         explainer = LayerGradCam(forward, stage)
     attr = explainer.attribute(images, target=target, relu_attributions=True)
-    return LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), "bilinear"), name
+    return LayerAttribution.interpolate(attr, spatial_size(images), "bilinear"), name
 
 
 @analysis
@@ -117,7 +118,8 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         with mha_math_path():
             return loaded.logits(module(images))
 
-    maps, targets, offset, input_size, resolved = [], [], 0, None, {}
+    maps, targets, offset, resolved = [], [], 0, {}
+    input_size = spatial_size(batches[0][0])
     for images, labels in device_batches(loaded, batches):
         with torch.no_grad():
             chosen = resolve_targets(target, labels, forward(images), offset)
@@ -134,7 +136,6 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         maps.append(attr.detach().float().cpu())
         targets.append(chosen.cpu().numpy())
         offset += len(images)
-        input_size = tuple(images.shape[-2:])
     return SaliencyResult(model=loaded.label, images=batches.num_images, method=method.replace("-", "_"),
                           maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
                           targets=np.concatenate(targets), options=resolved)

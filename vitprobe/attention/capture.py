@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
+from vitprobe.data.batches import spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.attention_sites import AttentionModel, SiteListener, ToAttentionGrad, mha_math_path
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.token_layout import TokenLayout
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OnAttention = Callable[[int, torch.Tensor], None]
 
@@ -55,7 +59,7 @@ class AttentionCapture(SiteListener):
 
     def run(self, images: torch.Tensor) -> Recording:
         """One forward pass of the model on ``images`` with every layer captured."""
-        self.recording = Recording(layout=self.model.layout(tuple(images.shape[-2:])))
+        self.recording = Recording(layout=self.model.layout(spatial_size(images)))
         self._seen = []
         handles = [handle for site in self.model.sites for handle in site.register(self)]
         try:
@@ -71,13 +75,19 @@ class AttentionCapture(SiteListener):
                 "through the modules vitprobe reads")
         return self.recording
 
+    @property
+    def _recording(self) -> Recording:
+        if self.recording is None:
+            raise RuntimeError("attention arrived outside AttentionCapture.run")
+        return self.recording
+
     def attention(self, index: int, attention: torch.Tensor) -> None:
-        self.recording.layout.check(attention.shape[-1])
+        self._recording.layout.check(attention.shape[-1])
         self._seen.append(index)
         self.on_attention(index, attention)
 
     def gradient_source(self, index: int, tensor: torch.Tensor, to_attention_grad: ToAttentionGrad) -> None:
-        self.recording.gradient_sources[index] = (tensor, to_attention_grad)
+        self._recording.gradient_sources[index] = (tensor, to_attention_grad)
 
 
 def attention_gradients(recording: Recording, objective: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -145,6 +155,15 @@ class AttentionMapsResult(Result):
                              "value": float(entropy[i, j])})
         return rows
 
+    def plot(self, image: np.ndarray | None = None, query: tuple[int, int] | None = None) -> Figure:
+        """Raw attention of the ``query`` patch (default: the centre one) of the first image, per
+        layer and head, over ``image`` ((3, H, W) in [0, 1]; default: a grey canvas)."""
+        from vitprobe.attention.figures import raw_attention_figure
+
+        rows, cols = self.layout.grid
+        height, width = rows * self.layout.patch_size[0], cols * self.layout.patch_size[1]
+        canvas = image if image is not None else np.full((3, height, width), 0.5)
+        return raw_attention_figure(self, canvas, query or (rows // 2, cols // 2))
 
 @analysis
 @torch.no_grad()
@@ -163,7 +182,7 @@ def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike, *,
     chosen_layers = select(layers, amodel.num_layers, "layer")
     chosen_heads = select(heads, amodel.num_heads, "head")
     per_batch: list[np.ndarray] = []
-    layout = None
+    layout = amodel.layout(spatial_size(batches[0][0]))
     for images, _ in device_batches(loaded, batches):
         kept: dict[int, torch.Tensor] = {}
 
@@ -172,9 +191,8 @@ def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike, *,
                 kept[layer] = attention[:, chosen_heads].float().cpu()
 
         recording = AttentionCapture(amodel, keep).run(images)
-        if layout is not None and recording.layout != layout:
+        if recording.layout != layout:
             raise UserError("attention_maps needs images of one size (one token layout)")
-        layout = recording.layout
         per_batch.append(torch.stack([kept[layer] for layer in chosen_layers]).numpy())
     return AttentionMapsResult(model=loaded.label, images=batches.num_images, layers=chosen_layers, heads=chosen_heads,
                          layout=layout, weights=np.concatenate(per_batch, axis=1))

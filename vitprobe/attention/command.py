@@ -63,7 +63,7 @@ class AttentionOptions(SharedOptions):
             raise UserError(f"--discard must be in [0, 1), got {self.discard}")
 
 
-def _data(ctx: RunContext, model: LoadedModel) -> Batches:
+def _data(ctx: RunContext[AttentionOptions], model: LoadedModel) -> Batches:
     if not ctx.options.images:
         return ctx.data(model)
     from vitprobe.data import load_data
@@ -81,7 +81,7 @@ def _some(indices: list[int] | None, count: int, what: str) -> list[int]:
     return chosen
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[AttentionOptions]) -> None:
     args = ctx.options
     panels: list[SaliencyResult] = []
     distances = []
@@ -103,7 +103,8 @@ def run(ctx: RunContext) -> None:
                 heads = _some(args.heads, amodel.num_heads, "head")
                 first = data[0][0][:1]
                 raw = attention_maps(model, first, layers=layers, heads=heads)
-                query = tuple(args.query) if args.query else (raw.layout.grid[0] // 2, raw.layout.grid[1] // 2)
+                query = ((args.query[0], args.query[1]) if args.query
+                         else (raw.layout.grid[0] // 2, raw.layout.grid[1] // 2))
                 ctx.save_figure(raw_attention_figure(raw, rgb_pixels(first, model)[0].numpy(), query),
                                 f"raw_attention_{slug(model.label)}")
             else:
@@ -112,8 +113,8 @@ def run(ctx: RunContext) -> None:
                 method = args.method or "gradcam"
                 if args.method is None:
                     ctx.log(f"{model.label} has no attention layers: captum {method}")
-                results = [attributions(model, data, method=method, layer=layer)
-                           for layer in (args.layer or [None])]
+                layers_given: list[str | None] = list(args.layer) if args.layer else [None]
+                results = [attributions(model, data, method=method, layer=layer) for layer in layers_given]
                 if method == "gradcam":
                     ctx.choices[model.label] = {"gradcam_layers": [r.options["layer"] for r in results]}
                 result = results[-1]
@@ -130,7 +131,8 @@ def run(ctx: RunContext) -> None:
             summary = (shown.groupby(["model", "layer"], as_index=False)["value"].mean()
                        .rename(columns={"value": "mean_over_heads_px"}))
             ctx.print_table(summary)
-    ctx.save_figure(overlay_figure(display, panels), "attention_overlay")
+    if display is not None:  # some model ran (else AllModelsFailed ended the run)
+        ctx.save_figure(overlay_figure(display, panels), "attention_overlay")
     if distances:
         ctx.save_figure(distance_figure(distances), "attention_distance")
 
@@ -156,7 +158,7 @@ class QualityOptions(SharedOptions):
             raise UserError(f"--steps must be at least 1, got {self.steps}")
 
 
-def run_quality(ctx: RunContext) -> None:
+def run_quality(ctx: RunContext[QualityOptions]) -> None:
     """Each method's maps, then :func:`map_quality` on them and on random maps (the control)."""
     args = ctx.options
     frames = []
@@ -178,7 +180,7 @@ def run_quality(ctx: RunContext) -> None:
         ctx.save_figure(quality_figure(pd.concat(frames, ignore_index=True)), "map-quality")
 
 
-def _masks(ctx: RunContext, data: Batches, model: LoadedModel) -> np.ndarray | None:
+def _masks(ctx: RunContext[QualityOptions], data: Batches, model: LoadedModel) -> np.ndarray | None:
     """The object masks of ``data``: --masks, else shapes' own; None (faithfulness only) for
     other data without --masks."""
     if ctx.options.masks is None and data.spec.split(":")[0] != "shapes":
@@ -187,7 +189,7 @@ def _masks(ctx: RunContext, data: Batches, model: LoadedModel) -> np.ndarray | N
     return object_masks(data, model, ctx.options.masks)
 
 
-def _judge(ctx: RunContext, model: LoadedModel, data: Batches, maps: SaliencyResult,
+def _judge(ctx: RunContext[QualityOptions], model: LoadedModel, data: Batches, maps: SaliencyResult,
            masks: np.ndarray | None) -> pd.DataFrame:
     result = map_quality(model, data, maps=maps, masks=masks, steps=ctx.options.steps)
     frame = result.to_frame()

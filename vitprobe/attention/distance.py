@@ -16,7 +16,7 @@ the per-image values (each image's mean over queries).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,10 +26,14 @@ from torch import nn
 
 from vitprobe.attention.capture import AttentionCapture
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
+from vitprobe.data.batches import spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.token_layout import TokenLayout
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
@@ -111,6 +115,11 @@ class AttentionDistanceResult(Result):
         frame = super().to_frame()
         return frame.astype({"layer": "Int64", "head": "Int64"})
 
+    def plot(self) -> Figure:
+        """Mean attention distance against depth, with the uniform baseline."""
+        from vitprobe.attention.figures import distance_figure
+
+        return distance_figure([self])
 
 @analysis
 @torch.no_grad()
@@ -120,12 +129,11 @@ def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike, *,
     a Student-t ``confidence`` interval over images and the uniform-attention baseline."""
     loaded, batches = prepared(model, data)
     amodel = loaded.attention
-    raw_parts, renorm_parts, layout = [], [], None
+    raw_parts, renorm_parts = [], []
+    layout = amodel.layout(spatial_size(batches[0][0]))
     for images, _ in device_batches(loaded, batches):
-        batch_layout = amodel.layout(tuple(images.shape[-2:]))
-        if layout is not None and batch_layout != layout:
+        if amodel.layout(spatial_size(images)) != layout:
             raise UserError("mean_attention_distance needs images of one size (one patch grid)")
-        layout = batch_layout
         distances = patch_distances(layout.grid, layout.patch_size)
         raw = torch.empty(len(images), amodel.num_layers, amodel.num_heads, dtype=torch.float64)
         renorm = torch.empty_like(raw)

@@ -15,6 +15,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from vitprobe.attention.capture import AttentionMapsResult  # noqa: E402
 from vitprobe.attention.distance import AttentionDistanceResult  # noqa: E402
 from vitprobe.attention.maps import SaliencyResult  # noqa: E402
+from vitprobe.data.batches import spatial_size
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def overlay_figure(images: np.ndarray, results: Sequence[SaliencyResult], max_im
         for col, result in enumerate(results, start=1):
             ax = axes[row, col]
             _show(ax, images[row])
-            heat = result.upsampled(tuple(images.shape[-2:]))[row, min(source, len(result.sources) - 1)]
+            heat = result.upsampled(spatial_size(images))[row, min(source, len(result.sources) - 1)]
             ax.imshow(_unit(heat), cmap="jet", alpha=0.5, interpolation="bilinear")
             if row == 0:
                 ax.set_title(f"{result.model}\n{result.title}", fontsize=8)

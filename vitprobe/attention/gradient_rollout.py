@@ -21,6 +21,7 @@ from vitprobe.attention.capture import AttentionCapture, attention_gradients, se
 from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import token_maps
+from vitprobe.data.batches import spatial_size
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.outputs import logits as output_logits
 from vitprobe.result import analysis
@@ -53,7 +54,9 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, target
     loaded, batches = prepared(model, data)
     amodel = loaded.attention
     start = select([start_layer], amodel.num_layers, "layer")[0]
-    maps, targets, sources, input_size, offset = [], [], None, None, 0
+    input_size = spatial_size(batches[0][0])
+    sources = amodel.layout(input_size).sources(source)
+    maps, targets, offset = [], [], 0
     for images, labels in device_batches(loaded, batches):
         attentions: dict[int, torch.Tensor] = {}
         capture = AttentionCapture(amodel, attentions.__setitem__, keep_for_gradients=True)
@@ -66,11 +69,9 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, target
         layers = range(amodel.num_layers)
         relevance = gradient_rollout_matrix([attentions[i] for i in layers],
                                             [gradients[i].detach() for i in layers], start)
-        sources = recording.layout.sources(source)
         tokens = [recording.layout.source_index(name) for name in sources]
         maps.append(token_maps(relevance[:, tokens], recording.layout).float().cpu())
         targets.append(chosen.cpu().numpy())
-        input_size = tuple(images.shape[-2:])
         offset += len(images)
     return SaliencyResult(model=loaded.label, images=batches.num_images, method="grad_rollout",
                           maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitprobe.data.batches import spatial_size
 from vitprobe.result import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -40,7 +44,7 @@ class SaliencyResult(Result):
         """The maps bilinearly resized to ``size`` (default the input size):
         (images, sources, H, W)."""
         size = size or self.input_size
-        if tuple(self.maps.shape[-2:]) == tuple(size):
+        if spatial_size(self.maps) == tuple(size):
             return self.maps
         grid = torch.from_numpy(self.maps.astype(np.float32))
         return F.interpolate(grid, size=size, mode="bilinear", align_corners=False).numpy()
@@ -48,7 +52,7 @@ class SaliencyResult(Result):
     def mass_fraction(self, masks: np.ndarray, source: int = 0) -> np.ndarray:
         """Per image, the fraction of the (non-negative) map mass inside ``masks`` (images, H, W),
         the map being resized to the mask size first (NaN for an all-zero map)."""
-        maps = np.clip(self.upsampled(tuple(masks.shape[-2:]))[:, source], 0, None)
+        maps = np.clip(self.upsampled(spatial_size(masks))[:, source], 0, None)
         total = maps.sum(axis=(1, 2))
         inside = (maps * masks).sum(axis=(1, 2))
         return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
@@ -70,3 +74,11 @@ class SaliencyResult(Result):
                 rows.append({"metric": f"{self.method}_{metric}", "source": source, **layer,
                              "value": float(values[:, j].mean())})
         return rows
+
+    def plot(self, images: np.ndarray | None = None) -> Figure:
+        """The maps overlaid on ``images`` ((n, 3, H, W) in [0, 1], as ``vitprobe attention``
+        shows them; default: a grey canvas), first four images."""
+        from vitprobe.attention.figures import overlay_figure
+
+        canvas = images if images is not None else np.full((len(self.maps), 3, *self.input_size), 0.5)
+        return overlay_figure(canvas, [self])

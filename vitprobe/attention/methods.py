@@ -9,7 +9,7 @@ from vitprobe.attention.capture import attention_maps
 from vitprobe.attention.gradient_rollout import gradient_rollout
 from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import attention_rollout
-from vitprobe.data.batches import Batches
+from vitprobe.data.batches import Batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 
@@ -41,7 +41,7 @@ def explain(model: LoadedModel, data: Batches, method: str, *, head_fusion: str 
         token, layer = ("cls" if source == "both" else source), maps.layers[0]
         mean = np.mean([maps.query_map(layer, head, token) for head in maps.heads], axis=0)
         return SaliencyResult(model=model.label, images=len(mean), method="raw_attention",
-                              maps=mean[:, None], sources=[token], input_size=tuple(data[0][0].shape[-2:]),
+                              maps=mean[:, None], sources=[token], input_size=spatial_size(data[0][0]),
                               targets=np.full(len(mean), -1), options={"layer": layer})
     if method in ATTRIBUTION_METHODS:
         return attributions(model, data, method=method)

@@ -28,7 +28,7 @@ method has to beat.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -36,12 +36,15 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from vitprobe.attention.maps import SaliencyResult
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.models.outputs import logits
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PERTURBATION_FRACTIONS = np.round(np.arange(10) / 10, 1)  # Chefer et al.: 0, 10, ..., 90 %
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion substrate
@@ -79,7 +82,7 @@ class MapQualityResult(Result):
             "positive_perturbation_auc": np.trapezoid(self.positive, PERTURBATION_FRACTIONS, axis=1),
             "negative_perturbation_auc": np.trapezoid(self.negative, PERTURBATION_FRACTIONS, axis=1),
         }
-        if self.mass_in_mask is not None:
+        if self.mass_in_mask is not None and self.pointing_hits is not None:
             values = {"mass_in_mask": self.mass_in_mask,
                       "pointing_game": self.pointing_hits.astype(float),
                       "mask_area": self.mask_area, **values}
@@ -94,6 +97,11 @@ class MapQualityResult(Result):
                          "std_error": error})
         return rows
 
+    def plot(self) -> Figure:
+        """One panel per map-quality metric, as ``vitprobe map-quality`` draws it."""
+        from vitprobe.attention.figures import quality_figure
+
+        return quality_figure(self.to_frame())
 
 def random_maps(like: SaliencyResult, seed: int = 0) -> SaliencyResult:
     """The control: uniform random maps at the image resolution, one per image of ``like``."""
@@ -129,9 +137,9 @@ def map_quality(model: nn.Module | LoadedModel, data: DataLike, *, maps: Salienc
         raise UserError(f"{maps.maps.shape[0]} maps for {len(images)} images")
     if steps < 1:
         raise UserError(f"steps must be at least 1, got {steps}")
-    size = tuple(images.shape[-2:])
+    size = spatial_size(images)
     saliency = torch.from_numpy(maps.upsampled(size)[:, source].astype(np.float64))
-    localisation = (None, None, None)
+    localisation: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None] = (None, None, None)
     if masks is not None:
         masks = np.asarray(masks, dtype=bool)
         if masks.shape != (len(images), *size):

@@ -26,6 +26,7 @@ from torch import nn
 from vitprobe.attention.capture import AttentionCapture, select
 from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
 from vitprobe.attention.maps import SaliencyResult
+from vitprobe.data.batches import spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.outputs import logits as output_logits
@@ -136,10 +137,11 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, head_
         raise UserError(f"unknown head fusion {head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
     if not 0.0 <= discard_ratio < 1.0:
         raise UserError(f"the discard ratio must be in [0, 1), got {discard_ratio}")
-    maps, targets, sources, input_size = [], [], None, None
+    input_size = spatial_size(batches[0][0])
+    sources = amodel.layout(input_size).sources(source)
+    maps, targets = [], []
     for images, _ in device_batches(loaded, batches):
-        layout = amodel.layout(tuple(images.shape[-2:]))
-        sources = layout.sources(source)
+        layout = amodel.layout(spatial_size(images))
         accumulated = Rollout(head_fusion, discard_ratio, layout.num_prefix_tokens)
 
         def accumulate(layer: int, attention: torch.Tensor) -> None:
@@ -150,7 +152,6 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, head_
         tokens = [layout.source_index(name) for name in sources]
         maps.append(token_maps(accumulated.rows(tokens), layout).float().cpu())
         targets.append(predictions(recording.output, len(images)))
-        input_size = tuple(images.shape[-2:])
     return SaliencyResult(model=loaded.label, images=batches.num_images, method="rollout",
                           maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,
                           targets=np.concatenate(targets), options={"start_layer": start})

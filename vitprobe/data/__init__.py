@@ -62,28 +62,29 @@ def load_data(
         mean, std = loaded.normalisation()
         images = to_channels(rendered.images, int(config["input_size"][0]))
         images, labels = (images - mean) / std, rendered.labels
-        class_names, paths, from_model = list(CLASS_NAMES), None, False
+        names_out: list[str] | None = list(CLASS_NAMES)
+        paths, from_model = None, False
         info = {"split": split, "indices_seed": seed}
     else:
-        paths_all, labels_all, folders = find_images(spec)
-        if labels_all is not None:
+        paths_all, found_labels, folders = find_images(spec)
+        labels_all: list[int] | None = None
+        names_out, info = None, {}
+        if found_labels is not None and folders is not None:
             mapping, info, names = class_indices(folders, loaded, class_names)
-            labels_all = [mapping[folders[label]] for label in labels_all]
-            class_names = names or folders
-        else:
-            info = {}
+            labels_all = [mapping[folders[label]] for label in found_labels]
+            names_out = names or folders
         chosen = _subset(len(paths_all), num_images, seed)
         paths = [str(paths_all[i]) for i in chosen]
         images = load_images([Path(p) for p in paths], config)
         from_model = labels_all is None
-        labels = (_predict(loaded, images, batch_size) if from_model
+        labels = (_predict(loaded, images, batch_size) if labels_all is None
                   else torch.tensor([labels_all[i] for i in chosen], dtype=torch.long))
     if device is not None:
         images, labels = images.to(device), labels.to(device)
     batches = [(images[i:i + batch_size], labels[i:i + batch_size])
                for i in range(0, len(images), batch_size)]
     name = spec if isinstance(spec, str) else f"{len(spec)} files"
-    return Batches(batches, spec=name, labels_from_model=from_model, class_names=class_names,
+    return Batches(batches, spec=name, labels_from_model=from_model, class_names=names_out,
                    paths=paths, info={**info, "resolution": list(config["input_size"][1:])})
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,7 +31,7 @@ class Batches(Sequence[Batch]):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         return self.batches[index]
 
     def __iter__(self) -> Iterator[Batch]:
@@ -75,3 +76,8 @@ def as_batches(data: DataLike) -> Batches:
     if not batches:
         raise ValueError("no batches: the data is empty")
     return Batches(batches)
+
+
+def spatial_size(x: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    """(height, width) of an image, a batch of images or a map: its last two dimensions."""
+    return int(x.shape[-2]), int(x.shape[-1])

@@ -70,8 +70,9 @@ def read_image(path: Path, channels: int = 3) -> Image.Image:
     images are composited on white first, 16-bit grayscale is scaled (not clipped) to 8 bits;
     a clear error if unreadable or larger than PIL's decompression-bomb limit."""
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as opened:
+            opened.load()
+            image: Image.Image = opened
             if image.mode.startswith("I"):
                 image = _eight_bit(image)
             if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitprobe.data.batches import Batches
+from vitprobe.data.batches import Batches, spatial_size
 from vitprobe.data.images import IMAGE_SUFFIXES, read_image
 from vitprobe.data.shapes import render_shapes, subset_indices
 from vitprobe.errors import UserError
@@ -22,7 +22,7 @@ from vitprobe.models.loaded import LoadedModel
 def object_masks(data: Batches, model: LoadedModel, folder: str | Path | None = None) -> np.ndarray:
     """(N, H, W) boolean masks for the images of ``data`` (loaded by :func:`load_data` for
     ``model``): from ``folder``, else rendered for ``shapes``; a UserError otherwise."""
-    size = tuple(data[0][0].shape[-2:])
+    size = spatial_size(data[0][0])
     if folder is not None:
         return _from_folder(Path(folder), data, model, size)
     if data.spec.split(":")[0] == "shapes" and "split" in data.info:

@@ -26,7 +26,7 @@ class EvaluateOptions(SharedOptions):
     confidence: float = option(0.95, "confidence level of every interval (default: 0.95)")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[EvaluateOptions]) -> None:
     args, results = ctx.options, []
     for model in ctx.models():
         with ctx.isolated(model.label):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.models.outputs import check_labels
 from vitprobe.models.outputs import logits as output_logits
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -65,14 +68,19 @@ class EvaluationResult(Result):
                                      self.bootstrap_samples, self.confidence_level, self.seed)
         rows.append(("loss", self.loss, *loss_ci, "bootstrap"))
         ece_ci = bootstrap_interval(
-            lambda idx: expected_calibration_error(self.confidences, self.correct[1],
-                                                   self.num_bins, resamples=idx),
+            lambda idx: np.asarray(expected_calibration_error(self.confidences, self.correct[1],
+                                                              self.num_bins, resamples=idx)),
             n, self.bootstrap_samples, self.confidence_level, self.seed)
         rows.append(("ece", self.ece, *ece_ci, "bootstrap"))
         return [{"metric": metric, "value": value, "ci_low": low, "ci_high": high, "interval": interval,
                  "confidence": self.confidence_level, "classes": self.num_classes, "ece_bins": self.num_bins}
                 for metric, value, low, high, interval in rows]
 
+    def plot(self) -> Figure:
+        """The reliability diagram, as ``vitprobe evaluate`` draws it."""
+        from vitprobe.evaluation.figures import reliability_figure
+
+        return reliability_figure([self])
 
 @analysis
 @torch.inference_mode()

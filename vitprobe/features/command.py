@@ -25,7 +25,7 @@ class SimilarityOptions(SharedOptions):
                                  metavar="SPEC")
 
 
-def run_similarity(ctx: RunContext) -> None:
+def run_similarity(ctx: RunContext[SimilarityOptions]) -> None:
     args = ctx.options
     other = ctx.load_model(args.against) if args.against else None
     results = []
@@ -50,7 +50,7 @@ class FrequencyOptions(SharedOptions):
     layer: list[str] | None = option(help=LAYER_HELP, action="append", metavar="NAME")
 
 
-def run_frequency(ctx: RunContext) -> None:
+def run_frequency(ctx: RunContext[FrequencyOptions]) -> None:
     results = []
     for model in ctx.models():
         with ctx.isolated(model.label):

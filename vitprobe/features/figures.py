@@ -29,7 +29,8 @@ def cka_heatmaps(results: Sequence[SimilarityResult]):
         ax.set_yticks(range(len(result.layers)), result.layers, fontsize=6)
         title = result.model if result.other_model == result.model else f"{result.model} vs {result.other_model}"
         ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=axes[0].tolist(), label="linear CKA", shrink=0.8)
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label="linear CKA", shrink=0.8)
     return fig
 
 

@@ -18,18 +18,21 @@ frequency axis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.features.taps import spatial, taps
 from vitprobe.models.loaded import LoadedModel, as_loaded, feature_layers
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EPSILON = 1e-6  # added to the amplitude before the log, as the notebook
 
@@ -78,6 +81,11 @@ class FrequencyResult(Result):
                          "value": float(amplitudes[-1]), **extra})
         return rows
 
+    def plot(self) -> Figure:
+        """Relative log amplitude against frequency and depth."""
+        from vitprobe.features.figures import frequency_figure
+
+        return frequency_figure([self])
 
 @analysis
 def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
@@ -86,7 +94,7 @@ def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
     every block of a ViT, every feature stage of a CNN), averaged over the images of ``data``."""
     loaded = as_loaded(model)
     batches = as_batches(data)
-    size = tuple(batches[0][0].shape[-2:])
+    size = spatial_size(batches[0][0])
     names = list(layers) if layers else feature_layers(loaded, size, "the frequency analysis")
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
@@ -104,7 +112,7 @@ def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
                 sums[name] = total if name not in sums else sums[name] + total
                 counts[name] += maps.shape[0] * maps.shape[1]
     amplitudes = [relative_log_amplitude(sums[n] / counts[n]).numpy() for n in names]
-    grids = [tuple(sums[n].shape) for n in names]
+    grids = [spatial_size(sums[n]) for n in names]
     frequencies = [np.arange(len(a)) / (g[0] / 2) for a, g in zip(amplitudes, grids)]
     return FrequencyResult(model=loaded.label, images=batches.num_images, layers=names, grids=grids,
                            frequencies=frequencies, amplitudes=amplitudes)

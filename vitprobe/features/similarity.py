@@ -17,18 +17,21 @@ it is undefined, are left out and counted in the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.features.taps import taps
 from vitprobe.models.loaded import LoadedModel, as_loaded, feature_layers
 from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.result import Result, analysis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SMALLEST_BATCH = 4  # HSIC_1 divides by n (n - 3)
 
@@ -68,6 +71,11 @@ class SimilarityResult(Result):
                  "batches": self.batches}
                 for i, a in enumerate(self.layers) for j, b in enumerate(self.other_layers)]
 
+    def plot(self) -> Figure:
+        """The CKA heatmap."""
+        from vitprobe.features.figures import cka_heatmaps
+
+        return cka_heatmaps([self])
 
 def _grams(loaded: LoadedModel, images: torch.Tensor, layers: list[str]) -> list[torch.Tensor]:
     """The linear Gram matrix (float64) of each layer's flattened outputs on ``images``."""
@@ -104,14 +112,14 @@ def layer_similarity(
     if len(second_batches) != len(batches) or any(
             a[0].shape[0] != b[0].shape[0] for a, b in zip(batches, second_batches)):
         raise UserError("other_data must hold the same images as data, in batches of the same sizes")
-    rows = list(layers) if layers else feature_layers(first, tuple(batches[0][0].shape[-2:]), "CKA",
+    rows = list(layers) if layers else feature_layers(first, spatial_size(batches[0][0]), "CKA",
                                                        least=1 if other is not None else 2)
     if other_layers:
         columns = list(other_layers)
     elif other is None:
         columns = rows
     else:
-        columns = feature_layers(second, tuple(second_batches[0][0].shape[-2:]), "CKA")
+        columns = feature_layers(second, spatial_size(second_batches[0][0]), "CKA")
     cross = torch.zeros(len(rows), len(columns), dtype=torch.float64)
     self_rows = torch.zeros(len(rows), dtype=torch.float64)
     self_columns = torch.zeros(len(columns), dtype=torch.float64)

@@ -11,7 +11,7 @@ with ``--resume`` and without ``--shard`` afterwards to merge them (nothing is r
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ def shard_pair(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def model_pairs(ctx: RunContext) -> list[tuple[str, str | None]]:
+def model_pairs(ctx: RunContext[LandscapeOptions]) -> list[tuple[str, str | None]]:
     """(model spec, --to spec or None) for every landscape to compute."""
     args = ctx.options
     if args.directions != "interpolate":
@@ -119,7 +119,7 @@ def model_pairs(ctx: RunContext) -> list[tuple[str, str | None]]:
     return list(zip(ctx.model_specs, args.to))
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[LandscapeOptions]) -> None:
     args = ctx.options
     shard = shard_pair(args.shard)
     span = span_bounds(args.span or DEFAULT_SPAN[args.directions], "--span")
@@ -161,7 +161,7 @@ def summary(results: list[LandscapeResult]) -> pd.DataFrame:
     } for r in results])
 
 
-def _figures(ctx: RunContext, results: list[LandscapeResult]) -> None:
+def _figures(ctx: RunContext[LandscapeOptions], results: list[LandscapeResult]) -> None:
     ctx.save_figure(plot_curves(results), "landscape-curves")
     if not results[0].is_1d:
         ctx.save_figure(plot_contours(results), "landscape-contour")
@@ -169,10 +169,10 @@ def _figures(ctx: RunContext, results: list[LandscapeResult]) -> None:
         ctx.save_figure(plot_surfaces(results), "landscape-surface")
 
 
-def _write_npz(ctx: RunContext, results: list[LandscapeResult]) -> None:
+def _write_npz(ctx: RunContext[LandscapeOptions], results: list[LandscapeResult]) -> None:
     if not distributed.is_main():
         return
-    arrays: dict[str, np.ndarray] = {"models": np.array([r.model for r in results])}
+    arrays: dict[str, Any] = {"models": np.array([r.model for r in results])}  # Any: numpy's savez stub
     for i, r in enumerate(results):
         arrays.update({f"alphas_{i}": r.alphas, f"betas_{i}": r.betas, f"loss_{i}": r.loss,
                        f"accuracy_{i}": r.accuracy,

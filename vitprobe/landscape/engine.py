@@ -140,16 +140,16 @@ def _landscape(loaded: LoadedModel, batches: Batches, kind: str, axes: Grid, *, 
                 on_point(k, alpha, beta, loss, accuracy)
 
     values = {**done, **gather(computed)}
-    loss, accuracy = (np.full(axes.shape, np.nan) for _ in range(2))
+    losses, accuracies = np.full(axes.shape, np.nan), np.full(axes.shape, np.nan)
     for k, (point_loss, point_accuracy) in values.items():
         row, column, _, _ = axes.point(k)
-        loss[row, column], accuracy[row, column] = point_loss, point_accuracy
+        losses[row, column], accuracies[row, column] = point_loss, point_accuracy
     info.update(bn_stats=bn_stats, include_bn=include_bn, seed=seed, computed=len(computed),
                 reused=len(done), missing=axes.size - len(values), images=batches.num_images)
     directions = [{n: t.detach().cpu() for n, t in d.items()} for d in (first, second) if d is not None]
     asked = {"points": len(todo) + len(done), "known": len(done)}  # counts, not the values themselves
     return LandscapeResult(model=label, images=batches.num_images, kind=kind, alphas=axes.alphas,
-                           betas=axes.betas, loss=loss, accuracy=accuracy, directions=directions,
+                           betas=axes.betas, loss=losses, accuracy=accuracies, directions=directions,
                            cosine=cosine, info=info, options=asked)
 
 
@@ -182,6 +182,8 @@ def _directions(kind: str, loaded: LoadedModel, batches: Batches, axes: Grid, se
         first, second = vectors[0], (vectors[1] if axes.two_d else None)
         info["eigenvalues"] = eigenvalues
     elif kind == "interpolate":
+        if target is None:
+            raise UserError("directions='interpolate' needs to=, the model to interpolate towards")
         first, info["buffer_delta"] = checkpoint_direction(module, target.module)
         second = random_direction(module, generator, include_bn) if axes.two_d else None
     else:

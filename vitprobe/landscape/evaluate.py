@@ -37,7 +37,7 @@ class WeightSpace:
 
     def __init__(self, module: nn.Module, d1: Direction, d2: Direction | None = None) -> None:
         self.module = module
-        tensors = dict(module.named_parameters())
+        tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
         tensors.update(module.named_buffers())
         self._moving: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
         for name, tensor in tensors.items():
@@ -57,6 +57,7 @@ class WeightSpace:
             if beta != self._row_beta:
                 self._set_row(beta)
             for (name, tensor, _, first, _), row in zip(self._moving, self._rows):
+                assert row is not None  # _set_row filled every row
                 if alpha != 0 and first is not None:
                     torch.add(row, first, alpha=alpha, out=tensor)
                 else:

@@ -31,10 +31,16 @@ def scale(results: Sequence[LandscapeResult], metric: str = "loss") -> colors.No
     return colors.Normalize(low, high)
 
 
+def _bounds(norm: colors.Normalize) -> tuple[float, float]:
+    """The limits :func:`scale` gave ``norm``."""
+    if norm.vmin is None or norm.vmax is None:
+        raise ValueError("a colour scale without limits")
+    return float(norm.vmin), float(norm.vmax)
+
+
 def _levels(norm: colors.Normalize, count: int = 20) -> np.ndarray:
-    if isinstance(norm, colors.LogNorm):
-        return np.geomspace(norm.vmin, norm.vmax, count)
-    return np.linspace(norm.vmin, norm.vmax, count)
+    low, high = _bounds(norm)
+    return np.geomspace(low, high, count) if isinstance(norm, colors.LogNorm) else np.linspace(low, high, count)
 
 
 def _title(result: LandscapeResult) -> str:
@@ -97,7 +103,8 @@ def plot_heatmaps(results: Sequence[LandscapeResult], metric: str = "loss") -> F
         surface = np.ma.masked_invalid(result.surface(metric))
         image = axis.pcolormesh(result.alphas, result.betas, surface, norm=norm, cmap=CMAP, shading="nearest")
         axis.set(xlabel="alpha", ylabel="beta", title=_title(result), aspect="equal")
-    figure.colorbar(image, ax=axes, label=metric)
+    if image is not None:
+        figure.colorbar(image, ax=axes, label=metric)
     return figure
 
 
@@ -112,8 +119,8 @@ def plot_surfaces(results: Sequence[LandscapeResult], metric: str = "loss") -> F
         height = np.log10(surface) if isinstance(norm, colors.LogNorm) else surface
         axis.plot_surface(alpha, beta, np.where(np.isfinite(height), height, np.nan),
                           facecolors=_colours(surface, norm), linewidth=0, antialiased=False, shade=False)
-        bottom, top = ((np.log10(norm.vmin), np.log10(norm.vmax)) if isinstance(norm, colors.LogNorm)
-                       else (norm.vmin, norm.vmax))
+        low, high = _bounds(norm)
+        bottom, top = (np.log10(low), np.log10(high)) if isinstance(norm, colors.LogNorm) else (low, high)
         axis.set(xlabel="alpha", ylabel="beta", zlim=(bottom, top), title=_title(result),
                  zlabel=f"log10 {metric}" if isinstance(norm, colors.LogNorm) else metric)
     return figure

@@ -13,6 +13,7 @@ on a symmetric span), 0 is inserted, so the unperturbed model is always on the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from vitprobe.errors import UserError
 
 GridLike = int | tuple[int] | tuple[int, int]
 MAX_POINTS = 1_000_000
-SpanLike = float | tuple[float, float]
+SpanLike = float | Sequence[float]  # a radius, or (low, high); checked by parse_span
 
 
 def parse_grid(grid: GridLike) -> tuple[int, int | None]:

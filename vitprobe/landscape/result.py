@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from vitprobe.landscape.directions import Direction
 from vitprobe.result import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS = ("loss", "accuracy")
 
@@ -71,3 +74,9 @@ class LandscapeResult(Result):
         return [{"metric": metric, "alpha": float(a), "beta": float(b), "value": float(v)}
                 for metric in METRICS
                 for a, b, v in zip(alpha.ravel(), beta.ravel(), self.surface(metric).ravel())]
+
+    def plot(self) -> Figure:
+        """The loss curve of a 1-D slice, the contour plot of a 2-D one."""
+        from vitprobe.landscape.figures import plot_contours, plot_curves
+
+        return plot_curves([self]) if self.is_1d else plot_contours([self])

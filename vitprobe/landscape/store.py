@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -66,7 +66,7 @@ class PartStore:
         self.arguments = arguments
         self.key = run_key(arguments)
         self.path = self.folder / f"{worker}{SUFFIX}"
-        self._handle = None
+        self._handle: TextIO | None = None
 
     # -- reading ------------------------------------------------------------------------
     def part_files(self) -> list[Path]:
@@ -102,16 +102,22 @@ class PartStore:
             _drop_torn_tail(self.path)
         self._handle = open(self.path, "a", encoding="utf-8")
 
+    @property
+    def handle(self) -> TextIO:
+        if self._handle is None:
+            raise RuntimeError(f"{self.path} is not open: call open() first")
+        return self._handle
+
     def append(self, k: int, alpha: float, beta: float, loss: float, accuracy: float) -> None:
         """Persist one finished point now: written and flushed; fsync'd every ``sync_seconds``."""
         line = json.dumps({"k": k, "alpha": alpha, "beta": beta, "loss": loss, "accuracy": accuracy})
-        self._handle.write(line + "\n")
-        self._handle.flush()
+        self.handle.write(line + "\n")
+        self.handle.flush()
         if time.monotonic() - self._synced >= self.sync_seconds:
             self._sync()
 
     def _sync(self) -> None:
-        os.fsync(self._handle.fileno())
+        os.fsync(self.handle.fileno())
         self._synced = time.monotonic()
 
     def close(self) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def fused_attention_modules(model: nn.Module) -> list[nn.Module]:
+def fused_attention_modules(model: nn.Module) -> list[Any]:
     """Every submodule that carries timm's ``fused_attn`` switch."""
     return [module for module in model.modules() if hasattr(module, "fused_attn")]
 

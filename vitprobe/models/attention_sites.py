@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +94,14 @@ def _head_output_grad(num_heads: int, head_dim: int, values: torch.Tensor) -> To
 class ProjectionSite(AttentionSite):
     """Queries and keys are outputs of submodules (timm, transformers)."""
 
-    q_module: nn.Module = None
-    k_module: nn.Module = None
-    v_module: nn.Module = None
-    out_module: nn.Module = None
+    q_module: nn.Module
+    k_module: nn.Module
+    v_module: nn.Module
+    out_module: nn.Module
+    split_q: Split
+    split_k: Split
+    split_v: Split
     scale: float = 1.0
-    split_q: Split = None
-    split_k: Split = None
-    split_v: Split = None
     scale_queries_first: bool = True
     _query: torch.Tensor | None = field(default=None, repr=False)
     _values: torch.Tensor | None = field(default=None, repr=False)
@@ -130,6 +130,8 @@ class ProjectionSite(AttentionSite):
             self._values = self.split_v(output).detach()
 
         def on_heads(module, inputs):
+            if self._values is None:
+                raise RuntimeError(f"attention layer {self.index}: its values were not seen before its output")
             listener.gradient_source(self.index, inputs[0],
                                      _head_output_grad(self.num_heads, self.head_dim, self._values))
 
@@ -146,21 +148,22 @@ class MultiheadSite(AttentionSite):
     """An ``nn.MultiheadAttention`` used as self-attention."""
 
     def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mha: nn.MultiheadAttention = self.module
+        mha: Any = self.module  # an nn.MultiheadAttention
         if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.chunk(3)
         else:
             weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
         biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None,) * 3
         split = _heads_first(self.num_heads, self.head_dim)
-        return tuple(split(F.linear(x, w, b)) for w, b in zip(weights, biases))
+        q, k, v = (split(F.linear(x, w, b)) for w, b in zip(weights, biases))
+        return q, k, v
 
     def register(self, listener: SiteListener) -> list:
-        mha: nn.MultiheadAttention = self.module
+        mha: Any = self.module  # an nn.MultiheadAttention
 
         def on_forward(module, args, kwargs, output):
-            bound = {**dict(zip(MHA_ARGUMENTS, args)), **kwargs}
-            query = bound["query"]
+            bound: dict[str, Any] = {**dict(zip(MHA_ARGUMENTS, args)), **kwargs}
+            query: torch.Tensor = bound["query"]
             masks = [name for name in ("attn_mask", "key_padding_mask") if bound.get(name) is not None]
             if masks or bound.get("key") is not query or bound.get("value") is not query:
                 raise UserError(f"attention layer {self.index} ({type(mha).__name__}) is called with "
@@ -193,7 +196,8 @@ class SoftmaxSite(AttentionSite):
             if listener.keep_for_gradients:
                 listener.gradient_source(self.index, output, lambda grad: grad)
 
-        return [self.module.attend.register_forward_hook(on_softmax)]
+        attend: Any = self.module.attend
+        return [attend.register_forward_hook(on_softmax)]
 
 
 @dataclass
@@ -222,7 +226,7 @@ class AttentionModel:
 
     def layout(self, input_size: tuple[int, int]) -> TokenLayout:
         """The token layout for an input of ``input_size`` (H, W)."""
-        return self.layout_of(tuple(input_size))
+        return self.layout_of((input_size[0], input_size[1]))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -241,9 +245,11 @@ _TIMM_PARTS = ("qkv", "q_norm", "k_norm", "norm", "num_heads", "head_dim", "scal
 
 def timm_sites(module: nn.Module) -> tuple[list[AttentionSite], list[str]]:
     """Sites and block names of a timm ViT (``blocks.N.attn``)."""
-    sites, names = [], []
-    for index, block in enumerate(module.blocks):
-        attn = getattr(block, "attn", None)
+    sites: list[AttentionSite] = []
+    names = []
+    blocks: Any = module.blocks
+    for index, block in enumerate(blocks):
+        attn: Any = getattr(block, "attn", None)
         missing = [part for part in _TIMM_PARTS if not hasattr(attn, part)]
         if attn is None or missing:
             raise UserError(
@@ -269,16 +275,17 @@ def hf_model_of(module: nn.Module) -> nn.Module | None:
 
 def hf_sites(hf_model: nn.Module) -> tuple[list[AttentionSite], list[nn.Module]]:
     """Sites and blocks of a transformers ViT, DeiT or DINOv2 (eager attention)."""
-    attentions = [m for m in hf_model.modules()
+    config: Any = hf_model.config
+    attentions: list[Any] = [m for m in hf_model.modules()
                   if all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))]
     blocks = [m for m in hf_model.modules() if any(child in attentions for child in m.children())]
-    expected = int(hf_model.config.num_hidden_layers)
+    expected = int(config.num_hidden_layers)
     if len(attentions) != expected:
         raise UserError(f"{type(hf_model).__name__}: found {len(attentions)} readable attention "
                         f"layers, but the config has {expected}")
-    sites = []
+    sites: list[AttentionSite] = []
     for index, attn in enumerate(attentions):
-        heads = int(getattr(attn, "num_attention_heads", hf_model.config.num_attention_heads))
+        heads = int(getattr(attn, "num_attention_heads", config.num_attention_heads))
         dim = int(attn.head_dim)
         split = _heads_first(heads, dim)
         sites.append(ProjectionSite(
@@ -291,7 +298,7 @@ def hf_sites(hf_model: nn.Module) -> tuple[list[AttentionSite], list[nn.Module]]
 
 def hf_layout(hf_model: nn.Module, input_size: tuple[int, int]) -> TokenLayout:
     """[cls, dist?, registers..., patches] of a transformers ViT, DeiT or DINOv2."""
-    config = hf_model.config
+    config: Any = hf_model.config
     embeddings = next((m for m in hf_model.modules() if hasattr(m, "patch_embeddings")), None)
     if embeddings is None:
         raise UserError(f"{type(hf_model).__name__}: no patch embeddings found")
@@ -372,9 +379,9 @@ def attention_model(loaded: LoadedModel) -> AttentionModel:
                               block_names=names, layout_of=loaded.token_layout)
     if hf_model is not None:
         sites, blocks = hf_sites(hf_model)
-        names = {m: n for n, m in module.named_modules()}
+        module_names = {m: n for n, m in module.named_modules()}
         return AttentionModel(label=loaded.label, module=module, sites=sites, blocks=blocks,
-                              block_names=[names[b] for b in blocks],
+                              block_names=[module_names[b] for b in blocks],
                               layout_of=lambda size: hf_layout(hf_model, size))
     sites, names, sequence_first = generic_sites(module)
     if not sites or loaded.family != "vit":

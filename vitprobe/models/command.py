@@ -44,7 +44,7 @@ def _record(path: Path) -> dict | None:
         return None
 
 
-def retrain(ctx: RunContext) -> None:
+def retrain(ctx: RunContext[ModelsOptions]) -> None:
     args = ctx.options
     folder = args.out or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def retrain(ctx: RunContext) -> None:
         print(line, flush=True)
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[ModelsOptions]) -> None:
     if ctx.options.retrain:
         retrain(ctx)
         return

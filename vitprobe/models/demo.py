@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,15 +81,16 @@ SAM_TWINS = tuple((f"demo:{base}", f"demo:{twin}")
 
 def build_architecture(architecture: str) -> nn.Module:
     """The untrained timm module of a demo architecture."""
+    model: nn.Module
     if architecture == "vit":
         model = VisionTransformer(img_size=RESOLUTION, patch_size=8, embed_dim=64, depth=4,
                                   num_heads=4, mlp_ratio=2.0, num_classes=len(CLASS_NAMES))
     elif architecture == "resnet":
-        model = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), stem_width=16,
+        model = ResNet(BasicBlock, (1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,  # type: ignore[arg-type]  # timm's stub wants an instance
                        num_classes=len(CLASS_NAMES), output_stride=16)
     else:
         raise ValueError(f"unknown demo architecture {architecture!r}")
-    model.pretrained_cfg = {
+    cast(Any, model).pretrained_cfg = {
         "input_size": (3, RESOLUTION, RESOLUTION), "interpolation": "bilinear", "crop_pct": 1.0,
         "crop_mode": "center", "mean": MEAN, "std": STD, "num_classes": len(CLASS_NAMES),
         "classifier": "head" if architecture == "vit" else "fc",
@@ -122,7 +123,7 @@ def _lr_at(step: int, recipe: DemoRecipe) -> float:
 @torch.no_grad()
 def test_accuracy(model: nn.Module, num_images: int = 1000) -> float:
     """Top-1 accuracy on the first ``num_images`` of the shapes test split."""
-    test = render_shapes(range(num_images), RESOLUTION, split="test")
+    test = render_shapes(list(range(num_images)), RESOLUTION, split="test")
     model.eval()
     logits = torch.cat([model(_normalise(test.images[i:i + 250])) for i in range(0, num_images, 250)])
     return float((logits.argmax(-1) == test.labels).float().mean())
@@ -132,13 +133,14 @@ def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
     """Train one demo model from scratch, deterministically for ``recipe.seed``."""
     torch.manual_seed(recipe.seed)
     model = build_architecture(recipe.architecture)
-    data = render_shapes(range(recipe.train_images), RESOLUTION, split="train")
+    data = render_shapes(list(range(recipe.train_images)), RESOLUTION, split="train")
     images, labels = _normalise(data.images), data.labels
     generator = torch.Generator().manual_seed(recipe.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    optimizer: torch.optim.Optimizer
     if recipe.optimizer == "sam":
         optimizer = SAM(groups, torch.optim.AdamW, rho=recipe.rho, lr=recipe.lr)
     else:

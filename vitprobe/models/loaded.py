@@ -136,7 +136,7 @@ class LoadedModel:
             return self
         config = overrides.apply(self.data_config)
         size = tuple(config["input_size"][1:])
-        module = self.module
+        module: Any = self.module  # a timm ViT's set_input_size, where it has one
         if (size != self.input_size and hasattr(module, "set_input_size")
                 and not getattr(module, "dynamic_img_size", False)):
             module.set_input_size(img_size=size)
@@ -173,12 +173,14 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
              input_source: str | None = None) -> LoadedModel:
     """What can be read off ``module`` without running it: family, token layout, input
     configuration (given, timm's, transformers', or inferred from the layers)."""
-    hf_model = sites.hf_model_of(module)
+    hf_model: Any = sites.hf_model_of(module)
+    timm_vit: Any = module  # read by duck typing: timm's attributes, where it has them
     patch = None
     prefix = 0
+    family: Family
     if hasattr(module, "patch_embed") and hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens"):
-        family, prefix = "vit", int(module.num_prefix_tokens)
-        patch = pair(module.patch_embed.patch_size)
+        family, prefix = "vit", int(timm_vit.num_prefix_tokens)
+        patch = pair(timm_vit.patch_embed.patch_size)
     elif hf_model is not None and hasattr(hf_model.config, "patch_size"):
         family = "vit"
         layout = sites.hf_layout(hf_model, (0, 0))
@@ -194,11 +196,12 @@ def describe(module: nn.Module, label: str, data_config: dict[str, Any] | None =
             family = "cnn"
         else:
             family = "other"
-    config, source, guessed = data_config, input_source or "given", {}
+    config, source = data_config, input_source or "given"
+    guessed: dict[str, str] = {}
     if config is None:
         config, source = timm_config(module), "timm pretrained_cfg"
         if family == "vit" and config is not None:
-            img_size = getattr(module.patch_embed, "img_size", None)
+            img_size = getattr(timm_vit.patch_embed, "img_size", None)
             if img_size is not None:  # the patch embedding knows the resolution it was built for
                 config["input_size"] = (config["input_size"][0], *pair(img_size))
     if config is None:

@@ -163,6 +163,8 @@ def _import_function(spec: str, target: str):
             if not path.is_file():
                 raise UserError(f"{spec!r}: no such file {path}")
             source = importlib.util.spec_from_file_location(path.stem, path)
+            if source is None or source.loader is None:
+                raise UserError(f"{spec!r}: {path} cannot be imported as a Python module")
             module = importlib.util.module_from_spec(source)
             sys.modules[path.stem] = module  # so that pickling and dataclasses see it
             with _importable_beside(path):  # its own sibling modules import as they would there

@@ -21,6 +21,7 @@ module called more than once per forward (the captum tutorial's shared pooling l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class Stage:
     stride: int
 
 
-def _is_map(output: object, input_size: tuple[int, int]) -> bool:
+def _is_map(output: object, input_size: tuple[int, int]) -> TypeGuard[torch.Tensor]:
     if not isinstance(output, torch.Tensor) or output.dim() != 4:
         return False
     h, w = int(output.shape[2]), int(output.shape[3])
@@ -69,15 +70,16 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
             pooled = sub is not module and bool(finished) and depth[sub] <= min(depth[m] for m, _, _ in finished)
             return
         source = inputs[0] if inputs else None
-        grid = tuple(source.shape[-2:]) if _is_map(source, size) else None
+        grid = (int(source.shape[-2]), int(source.shape[-1])) if _is_map(source, size) else None
         finished.append((sub, tuple(output.shape[1:]), grid))
 
     handles = [sub.register_forward_hook(on_output) for sub in module.modules()]
     try:
         parameter = next(module.parameters(), None)
-        kwargs = {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
+        zeros = (torch.zeros(1, *input_shape) if parameter is None
+                 else torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
         with eval_mode(module):
-            module(torch.zeros(1, *input_shape, **kwargs))
+            module(zeros)
     finally:
         for handle in handles:
             handle.remove()
@@ -105,8 +107,8 @@ def feature_stages(module: nn.Module, input_shape: tuple[int, int, int]) -> list
         # the model's own blocks at that grid (a dilated network's layer3 and layer4 share one),
         # else the module that finishes last there: an outer module's hook fires after its
         # children's, so that is the outermost one, also among blocks inside one container
-        blocks = [(sub, channels) for _, sub, channels in entries if depth[sub] == 1 and _has_children(sub)]
-        chosen = blocks or [(entries[-1][1], entries[-1][2])]
+        own_blocks = [(sub, channels) for _, sub, channels in entries if depth[sub] == 1 and _has_children(sub)]
+        chosen = own_blocks or [(entries[-1][1], entries[-1][2])]
         stages += [Stage(names[sub], channels, grid, round(size[0] / grid[0])) for sub, channels in chosen]
     blocks = [stage for stage in stages if _has_children(module.get_submodule(stage.name))]
     return blocks or stages

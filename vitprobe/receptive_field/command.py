@@ -88,7 +88,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide[columns].rename(columns=renamed).reset_index()
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[ReceptiveFieldOptions]) -> None:
     args = ctx.options
     results: list[ReceptiveFieldResult] = []
     distances: dict[str, pd.DataFrame] = {}

@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from captum.attr import NeuronGradient
 from torch import nn
 
 from vitprobe import distributed
-from vitprobe.data.batches import Batches, DataLike, as_batches
+from vitprobe.data.batches import Batches, DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers, layer_name
 from vitprobe.models.module_state import eval_mode, module_device
@@ -110,7 +111,7 @@ def at_input_size(loaded: LoadedModel, size: tuple[int, int]) -> LoadedModel:
     if not hasattr(module, "set_input_size"):
         raise UserError(f"{loaded.label} is built for {loaded.input_size} inputs and cannot be "
                         f"resized to {tuple(size)}")
-    resized = copy.deepcopy(module)
+    resized: Any = copy.deepcopy(module)  # a timm ViT, which has set_input_size
     resized.set_input_size(img_size=tuple(size))
     channels = loaded.data_config["input_size"][0]
     config = {**loaded.data_config, "input_size": (channels, *size)}
@@ -183,7 +184,8 @@ def score_centre(shape: tuple[int, int], centre: tuple[float, float] | None) -> 
     the map; the map's centre pixel when ``centre`` is None."""
     if centre is None:
         return shape[0] // 2, shape[1] // 2
-    return tuple(min(max(math.floor(c + 0.5), 0), n - 1) for c, n in zip(centre, shape))
+    row, column = (min(max(math.floor(c + 0.5), 0), n - 1) for c, n in zip(centre, shape))
+    return row, column
 
 
 @analysis
@@ -230,7 +232,7 @@ def effective_receptive_field(
         raise UserError(f"mass thresholds lie in (0, 1), got {list(thresholds)}")
     loaded = as_loaded(model)
     batches = as_batches(data)
-    size = tuple(int(v) for v in batches[0][0].shape[-2:])
+    size = spatial_size(batches[0][0])
     loaded = at_input_size(loaded, size)
     layers = default_layers(loaded, size) if layer is None else (
         [layer] if isinstance(layer, str) else list(layer))

@@ -25,8 +25,8 @@ def layer_depths(layers: Sequence[str]) -> np.ndarray:
     """Depth of each layer for the x axis: ``blocks.N`` (or ``...layer.N``, ``...layers.N``) is
     N + 1, the (N + 1)-th attention layer; ``layerN`` is N, the N-th ResNet stage; other names
     count from 1 in order."""
-    matches = [STAGE_OR_BLOCK.match(name) for name in layers]
-    if not all(matches):
+    matches = [match for name in layers if (match := STAGE_OR_BLOCK.match(name))]
+    if len(matches) < len(layers):
         return np.arange(1, len(layers) + 1)
     return np.array([int(m.group(1)) + 1 if m.group(1) is not None else int(m.group(2))
                      for m in matches])
@@ -91,7 +91,8 @@ def extent_figure(results: Sequence[ReceptiveFieldResult],
     attention_distances = attention_distances or {}
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    half_sizes, depths = set(), set()
+    half_sizes: set[float] = set()
+    depths: set[int] = set()
     for index, result in enumerate(results):
         colour = colours[index % len(colours)]
         depth = layer_depths(result.layers)

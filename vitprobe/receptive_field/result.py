@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from vitprobe.receptive_field import scores
 from vitprobe.receptive_field.theoretical import TheoreticalField
 from vitprobe.result import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -94,3 +97,9 @@ class ReceptiveFieldResult(Result):
         return [{"metric": metric, "layer": layer, "threshold": t, "value": value}
                 for index, layer in enumerate(self.layers)
                 for metric, t, value in self.layer_scores(index)]
+
+    def plot(self) -> Figure:
+        """The effective receptive field heatmaps, one per layer."""
+        from vitprobe.receptive_field.figures import erf_heatmaps
+
+        return erf_heatmaps([self])

@@ -13,11 +13,14 @@ import torch
 from vitprobe.data.batches import Batches
 from vitprobe.models.loaded import LoadedModel
 
-PACKAGES = ("vitprobe", "torch", "timm", "pyhessian", "captum", "numpy", "scipy", "pandas")
+PACKAGES = ("torch", "timm", "pyhessian", "captum", "numpy", "scipy", "pandas")
 
 
 def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
+    """vitprobe's version (of the code running, installed or not) and its main dependencies'."""
+    from vitprobe import __version__
+
+    versions: dict[str, str | None] = {"vitprobe": __version__}
     for name in PACKAGES:
         try:
             versions[name] = importlib_metadata.version(name)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitprobe.command import Command, RunContext
+from vitprobe.models.loaded import LoadedModel
 from vitprobe.options import SharedOptions, option
-from vitprobe.robustness.corruption import corruption_accuracy, relative_to
+from vitprobe.robustness.corruption import CorruptionResult, corruption_accuracy, relative_to
 from vitprobe.robustness.figures import severity_figure
 from vitprobe.robustness.imagenet_c import CORRUPTIONS, SEVERITIES
 
@@ -24,21 +25,24 @@ class CorruptionOptions(SharedOptions):
                                        "first --model)", metavar="SPEC")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[CorruptionOptions]) -> None:
     """The baseline is measured first: --baseline (loaded on its own unless it is the first
     --model), else the first --model that could be measured."""
     args = ctx.options
-    options = {"corruptions": args.corruption, "severities": args.severity, "seed": args.seed}
+
+    def measure(model: LoadedModel) -> CorruptionResult:
+        return corruption_accuracy(model, ctx.data(model), corruptions=args.corruption,
+                                   severities=args.severity, seed=args.seed)
+
     baseline = None
     if args.baseline is not None and args.baseline != ctx.model_specs[0]:
-        model = ctx.load_model(args.baseline)
-        baseline = corruption_accuracy(model, ctx.data(model), **options)
+        baseline = measure(ctx.load_model(args.baseline))
     results = []
     for model in ctx.models():
         with ctx.isolated(model.label):
             ctx.log(f"corruptions: {model.label}, {len(args.corruption)} corruptions x "
                     f"{len(args.severity)} severities")
-            result = corruption_accuracy(model, ctx.data(model), **options)
+            result = measure(model)
             baseline = baseline or result
             result = relative_to(result, baseline)
             frame = result.to_frame()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from vitprobe.models.module_state import eval_mode, module_device
 from vitprobe.models.outputs import logits
 from vitprobe.result import Result, analysis
 from vitprobe.robustness.imagenet_c import CORRUPTIONS, SEVERITIES, corrupt_images
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -72,14 +75,20 @@ class CorruptionResult(Result):
         for i, corruption in enumerate(self.corruptions):
             rows += [{"metric": "top1", "corruption": corruption, "severity": s,
                       "value": float(self.accuracy[i, j])} for j, s in enumerate(self.severities)]
-        if self.baseline_errors is not None:
+        errors = self.corruption_errors
+        if errors is not None:
             rows += [{"metric": "corruption_error", "corruption": c, "value": float(e),
                       "baseline": self.baseline}
-                     for c, e in zip(self.corruptions, self.corruption_errors)]
+                     for c, e in zip(self.corruptions, errors)]
             rows.append({"metric": "mce", "value": self.mce, "baseline": self.baseline,
-                         "in_mce": int(np.isfinite(self.corruption_errors).sum())})
+                         "in_mce": int(np.isfinite(errors).sum())})
         return rows
 
+    def plot(self) -> Figure:
+        """Accuracy against severity per corruption."""
+        from vitprobe.robustness.figures import severity_figure
+
+        return severity_figure([self])
 
 def relative_to(result: CorruptionResult, baseline: CorruptionResult) -> CorruptionResult:
     """``result`` with its corruption errors relative to ``baseline``'s (same corruptions and

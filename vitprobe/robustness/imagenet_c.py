@@ -24,6 +24,7 @@ import types
 import warnings
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,14 +55,17 @@ def _gaussian_with_channel_axis(gaussian):
 
 def _resource_filename(module: str, path: str) -> str:
     """pkg_resources' ``resource_filename`` for a file beside an imported module's source."""
-    return str(Path(sys.modules[module].__file__).parent / path)
+    source = sys.modules[module].__file__
+    if source is None:
+        raise FileNotFoundError(f"{module} has no source file to find {path} beside")
+    return str(Path(source).parent / path)
 
 
 @cache
 def bridged_corrupt():
     """imagecorruptions' own ``corrupt(image, severity, corruption_name)``, its module bridged to
     today's dependencies (import it through here: a plain import fails without pkg_resources)."""
-    stand_in = None
+    stand_in: Any = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pkg_resources' deprecation notice
         try:

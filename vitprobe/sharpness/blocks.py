@@ -12,19 +12,23 @@ parameters, so the stem and the classifier head are not reported. Zhang et al. s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded, default_layers
 from vitprobe.result import Result, analysis
 from vitprobe.sharpness.loss import LossFn
 from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.spectrum import spectrum_of
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -48,9 +52,20 @@ class BlockSpectrumResult(Result):
                 for depth, (block, value, residual, hvps, size) in enumerate(
                     zip(self.blocks, self.eigenvalues, self.residuals, self.hvps, self.block_parameters))]
 
+    def plot(self) -> Figure:
+        """Lambda_1 of each block against depth."""
+        from vitprobe.sharpness.figures import block_figure
+
+        return block_figure([self])
 
 def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
+
+
+def _inside(block: str) -> Callable[[str, nn.Parameter], bool]:
+    """The parameter filter of ``block``'s own parameters."""
+    prefix = f"{block}."
+    return lambda name, _: name.startswith(prefix)
 
 
 @analysis
@@ -67,16 +82,14 @@ def block_spectrum(model: nn.Module | LoadedModel, data: DataLike, *, blocks: li
             if not _trainable(loaded.resolve_layer(block)):  # resolve: a UserError for a bad name
                 raise UserError(f"block {block!r} of {loaded.label} has no trainable parameter")
     else:  # stages without parameters (a pooling stage) have no Hessian block
-        names = [name for name in default_layers(loaded, tuple(batches[0][0].shape[-2:]))
+        names = [name for name in default_layers(loaded, spatial_size(batches[0][0]))
                  if _trainable(loaded.resolve_layer(name))]
         if not names:
             raise UserError(f"no block or stage of {loaded.label} has parameters of its own (its stages "
                             "are modules such as activations or pooling): name the blocks")
     values, residuals, hvps, sizes = [], [], [], []
     for block in names:
-        prefix = f"{block}."
-        operator = HessianOperator(loaded, batches, loss_fn=loss_fn,
-                                   params=lambda name, _, prefix=prefix: name.startswith(prefix))
+        operator = HessianOperator(loaded, batches, loss_fn=loss_fn, params=_inside(block))
         spectrum = spectrum_of(operator, k=1, tol=tol, max_iter=max_iter, seed=seed)
         operator.release()
         values.append(spectrum.eigenvalues[0])

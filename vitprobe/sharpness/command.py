@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,12 @@ from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
 from vitprobe.sharpness.density import density_of
 from vitprobe.sharpness.figures import block_figure, density_plot, eigenvalue_bars, eigenvalue_comparison
 from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
-from vitprobe.sharpness.operator import HessianOperator
+from vitprobe.sharpness.operator import HessianOperator, KeepGraphs
 from vitprobe.sharpness.results import SpectrumResult
 from vitprobe.sharpness.sam import sam_sharpness
-from vitprobe.sharpness.spectrum import METHODS, spectrum_of
+from vitprobe.sharpness.spectrum import METHODS, Method, spectrum_of
 from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
-from vitprobe.sharpness.trace import trace_of
+from vitprobe.sharpness.trace import TraceMethod, trace_of
 
 DEFAULT_RHO = 0.05
 
@@ -138,15 +138,16 @@ def _labels(model: LoadedModel) -> dict[str, str]:
     return {"family": model.family, "optimizer": str(model.info.get("optimizer", ""))}
 
 
-def run_subsets(ctx: RunContext) -> None:
+def run_subsets(ctx: RunContext[SharpnessOptions]) -> None:
     """``--subsets K``: the spread of the leading eigenvalues over K disjoint image subsets."""
     args = ctx.options
+    subsets = args.subsets or 0  # run only with --subsets
     results = []
     for model in ctx.models():
         with ctx.isolated(model.label):
-            data = ctx.data(model, num_images=args.subsets * ctx.num_images)
+            data = ctx.data(model, num_images=subsets * ctx.num_images)
             ctx.log(f"sharpness: {model.label} on {args.subsets} subsets of {ctx.num_images} images")
-            result = sharpness_subsets(model, data, subsets=args.subsets, k=args.top_k, tol=args.tol,
+            result = sharpness_subsets(model, data, subsets=subsets, k=args.top_k, tol=args.tol,
                                        trace=args.trace, num_probes=args.trace_samples,
                                        params=args.params, seed=args.seed)
             frame = result.to_frame()
@@ -158,12 +159,12 @@ def run_subsets(ctx: RunContext) -> None:
         ctx.save_figure(subsets_figure(results), "lambda1-vs-images")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[SharpnessOptions]) -> None:
     args = ctx.options
     if args.subsets is not None:
         run_subsets(ctx)
         return
-    keep = {"auto": "auto", "yes": True, "no": False}[args.keep_graphs]
+    keep: KeepGraphs = "auto" if args.keep_graphs == "auto" else args.keep_graphs == "yes"
     rhos = [] if args.no_sam else (args.sam_rho or [DEFAULT_RHO])
     spectra: list[SpectrumResult] = []
     blocks: list[BlockSpectrumResult] = []
@@ -175,7 +176,7 @@ def run(ctx: RunContext) -> None:
             ctx.log(f"sharpness: {model.label} on {data.num_images} images")
             operator = HessianOperator(model, data, params=args.params, keep_graphs=keep,
                                        micro_batch=args.micro_batch, allow_tf32=args.allow_tf32)
-            spectrum = spectrum_of(operator, k=args.top_k, tol=args.tol, method=args.method,
+            spectrum = spectrum_of(operator, k=args.top_k, tol=args.tol, method=cast(Method, args.method),
                                    max_iter=args.max_iter, seed=args.seed, basis=args.basis)
             ctx.choices[model.label] = spectrum.choices
             spectra.append(spectrum)
@@ -185,7 +186,7 @@ def run(ctx: RunContext) -> None:
                    **{f"lambda_{i + 1}": v for i, v in enumerate(spectrum.eigenvalues)},
                    "hvps": spectrum.total_hvps}
             if args.trace:
-                trace = trace_of(operator, method=args.trace_method, num_probes=args.trace_samples,
+                trace = trace_of(operator, method=cast(TraceMethod, args.trace_method), num_probes=args.trace_samples,
                                  seed=args.seed)
                 ctx.add_rows(trace.to_frame().assign(**extra))
                 row.update(trace=trace.trace, trace_se=trace.std_error)

@@ -76,7 +76,7 @@ class RandomSubspace:
 
     def transposed_times(self, g: torch.Tensor) -> torch.Tensor:
         """A^T g, (p,)."""
-        return sum(block.T @ g[rows] for rows, block in self._chunks())
+        return torch.stack([block.T @ g[rows] for rows, block in self._chunks()]).sum(0)
 
     def pseudo_inverse_times(self, x: torch.Tensor) -> torch.Tensor:
         """A^+ x = (A^T A)^-1 A^T x (A has full column rank almost surely)."""
@@ -122,7 +122,7 @@ def keskar_sharpness(model: nn.Module | LoadedModel, data: DataLike, *, epsilon:
                                           batches.num_images)
         evaluations[0] += 1
         best[0] = max(best[0], value)
-        g = flatten(grads).double()
+        g = flatten(grads or []).double()
         g = g if subspace is None else subspace.transposed_times(g)
         return value, g.cpu().numpy()
 

@@ -41,9 +41,14 @@ class SymmetricOperator(Protocol):
     such): ``shape`` (n, n), the ``dtype`` and ``device`` of its vectors, and ``A @ v`` for a flat
     vector v of length n."""
 
-    shape: tuple[int, int]
-    dtype: torch.dtype
-    device: torch.device
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor: ...
 
@@ -287,6 +292,7 @@ def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, 
                 reached[i] = run.steps
         done = all(r is not None for r in reached) and len(top) == k
         if done or run.exhausted or run.steps >= max_iter:
+            assert run.basis is not None  # reorthogonalise=True keeps one
             vectors = run.basis.combine(s[:, top]).to(dtype)
             hvps = np.array([r if r is not None else run.steps for r in reached[:len(top)]])
             return Eigenpairs(theta[top], vectors, relative, hvps, run.steps, bool(done or run.exhausted),

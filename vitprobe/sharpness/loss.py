@@ -73,7 +73,7 @@ def mean_loss_and_grad(module: nn.Module, batches: Sequence[Batch], params: Sequ
     """
     device = module_device(module)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    grads = [torch.zeros_like(p) for p in params] if with_grad else None
+    grads = [torch.zeros_like(p) for p in params] if with_grad else []
     with analysis_mode(module):
         for batch in batches:
             n = int(batch[0].shape[0])
@@ -87,12 +87,10 @@ def mean_loss_and_grad(module: nn.Module, batches: Sequence[Batch], params: Sequ
                         g += part
     if reduce and distributed.is_distributed():
         # one all-reduce for the loss and every gradient
-        parts = [total.reshape(1).to(params[0].dtype)] + ([g.reshape(-1) for g in grads] if with_grad else [])
-        flat = distributed.all_reduce_sum(torch.cat(parts))
+        flat = distributed.all_reduce_sum(torch.cat([total.reshape(1).to(params[0].dtype),
+                                                     *(g.reshape(-1) for g in grads)]))
         total = flat[0].double()
         if with_grad:
             grads = unflatten(flat[1:], params)
     value = require_finite(float(total) / num_images)
-    if with_grad:
-        grads = [g / num_images for g in grads]
-    return value, grads
+    return value, [g / num_images for g in grads] if with_grad else None

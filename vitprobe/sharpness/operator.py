@@ -225,8 +225,8 @@ class HessianOperator:
         self._kept, self._kept_params, self.keep_graphs = None, [], False
 
 
-def _accumulate(out: list[torch.Tensor], params: list[torch.Tensor], grads: list[torch.Tensor],
-                vs: list[torch.Tensor], retain: bool) -> None:
+def _accumulate(out: list[torch.Tensor], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                vs: Sequence[torch.Tensor], retain: bool) -> None:
     parts = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=retain, allow_unused=True)
     for acc, part in zip(out, parts):
         if part is not None:
@@ -241,7 +241,7 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         self._seen: set[int] = set()
         super().__init__(self._pack, lambda t: t)
 
-    def __enter__(self) -> _SavedBytes:
+    def __enter__(self) -> _SavedBytes:  # type: ignore[override]  # the base returns None
         super().__enter__()
         return self
 

@@ -14,6 +14,7 @@ import importlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,8 @@ class PyHessianRun:
         self.hvps = 0
 
     @contextmanager
-    def _session(self) -> Iterator[object]:
-        ph = importlib.import_module("pyhessian.hessian")  # the module: the package rebinds the name
+    def _session(self) -> Iterator[Any]:
+        ph: Any = importlib.import_module("pyhessian.hessian")  # the module: the package rebinds the name
 
         chosen = {id(p) for p in self.params}
         everything = list(self.module.parameters())

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from scipy import stats
 
 from vitprobe.result import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(kw_only=True)
@@ -57,6 +60,11 @@ class SpectrumResult(_Sharpness):
                  "loss": self.loss, **self._measured()}
                 for i, (v, r, h) in enumerate(zip(self.eigenvalues, self.residuals, self.hvps))]
 
+    def plot(self) -> Figure:
+        """The top eigenvalues as bars."""
+        from vitprobe.sharpness.figures import eigenvalue_bars
+
+        return eigenvalue_bars(self)
 
 @dataclass(kw_only=True)
 class TraceResult(_Sharpness):
@@ -116,6 +124,11 @@ class DensityResult(_Sharpness):
                 for j, (row_nodes, row_weights) in enumerate(zip(self.nodes, self.weights))
                 for i, (node, w) in enumerate(zip(row_nodes, row_weights)) if np.isfinite(node)]
 
+    def plot(self) -> Figure:
+        """The eigenvalue density on a log scale."""
+        from vitprobe.sharpness.figures import density_plot
+
+        return density_plot(self)
 
 @dataclass(kw_only=True)
 class SamResult(_Sharpness):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from scipy import stats
@@ -28,6 +28,9 @@ from vitprobe.sharpness.operator import HessianOperator
 from vitprobe.sharpness.spectrum import eigenpairs
 from vitprobe.sharpness.trace import trace_estimate
 from vitprobe.sharpness.vectors import ParamFilter
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def t_summary(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
@@ -74,7 +77,8 @@ class SubsetsResult(Result):
         ``*_std``, and ``lambda_1_by_images`` (mean over subsets, per ``subset_images``)."""
         rows = []
         base = {"subsets": len(self.eigenvalues), "confidence": self.confidence}
-        series = [("eigenvalue", k + 1, self.eigenvalues[:, k]) for k in range(self.eigenvalues.shape[1])]
+        series: list[tuple[str, int | None, np.ndarray]] = [
+            ("eigenvalue", k + 1, self.eigenvalues[:, k]) for k in range(self.eigenvalues.shape[1])]
         if self.traces is not None:
             series.append(("trace", None, self.traces))
         for metric, k, values in series:
@@ -92,6 +96,9 @@ class SubsetsResult(Result):
                          "ci_low": low, "ci_high": high, "subset_images": size})
         return rows
 
+    def plot(self) -> Figure:
+        """Lambda_1 against the number of images, with its interval."""
+        return subsets_figure([self])
 
 def _sizes(size: int, smallest: int) -> list[int]:
     sizes = [size]

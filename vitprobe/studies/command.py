@@ -28,13 +28,13 @@ def given(argv: list[str], name: str) -> bool:
     return any(token == option or token.startswith(option + "=") for token in argv)
 
 
-def overrides(ctx: RunContext) -> dict[str, Any]:
+def overrides(ctx: RunContext[Any]) -> dict[str, Any]:
     """The recipe settings the command line of ``run`` or ``demo`` overrides."""
     return {RECIPE_NAMES.get(name, name): getattr(ctx.options, name)
             for name in OVERRIDABLE if given(ctx.argv[1:], name)}
 
 
-def execute(ctx: RunContext, recipe: Recipe, default_out: Path) -> tuple[Path, list[Outcome]]:
+def execute(ctx: RunContext[Any], recipe: Recipe, default_out: Path) -> tuple[Path, list[Outcome]]:
     """Run ``recipe`` into ``--out`` (or ``default_out``), copy its gallery, print a summary."""
     out = ctx.options.out or default_out
     ctx.out = out
@@ -69,7 +69,7 @@ class RunOptions(StudyOptions):
                               "vit_vs_resnet, sam)", positional=True)
 
 
-def run_study(ctx: RunContext) -> None:
+def run_study(ctx: RunContext[RunOptions]) -> None:
     recipe = parse_recipe(recipe_path(ctx.options.recipe))
     execute(ctx, recipe, Path("vitprobe-out") / recipe.path.stem)
 
@@ -90,7 +90,7 @@ class ReportOptions(SharedOptions):
                                recipe=False, metavar="FILE")
 
 
-def report(ctx: RunContext) -> None:
+def report(ctx: RunContext[ReportOptions]) -> None:
     dirs = list(ctx.options.dirs)
     table = pivot(read_runs(dirs), ctx.options.pivot)
     render, suffix = FORMATTERS[ctx.options.format]
@@ -115,7 +115,7 @@ class DemoOptions(StudyOptions):
                                  "demo)")
 
 
-def demo(ctx: RunContext) -> None:
+def demo(ctx: RunContext[DemoOptions]) -> None:
     from vitprobe.studies.demo import demo_recipe, findings
 
     out, outcomes = execute(ctx, demo_recipe(ctx.options.recipe), Path("vitprobe-out") / "demo")

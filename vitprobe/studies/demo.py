@@ -32,6 +32,14 @@ def _read(out: Path, name: str) -> pd.DataFrame | None:
         return None
 
 
+def _first_layer(frame: pd.DataFrame | None, model: str) -> str:
+    """The first layer ``model`` has rows for ("" when there are none)."""
+    if frame is None:
+        return ""
+    layers = frame[frame["model"] == model]["layer"]
+    return str(layers.iloc[0]) if len(layers) else ""
+
+
 def _values(frame: pd.DataFrame, metric: str, **where: float) -> dict[str, float]:
     rows = frame[frame["metric"] == metric]
     for column, value in where.items():
@@ -167,7 +175,7 @@ def literature_claims(out: Path) -> list[str]:
     frequency = _read(out, "frequency")
     high = _per_layer(frequency, "high_frequency_log_amplitude")
     for model, layers in high.items():
-        attention = frequency[frequency["model"] == model]["layer"].iloc[0].startswith("blocks.")
+        attention = _first_layer(frequency, model).startswith("blocks.")
         falls = layers[-1] < layers[0]
         lines.append(_claim(f"{'attention lowers' if attention else 'convolution raises'} the "
                             f"high-frequency amplitude of features through depth ({model})",

@@ -69,7 +69,8 @@ def _sidecar(path: Path) -> dict:
 def read_runs(dirs: list[Path]) -> Runs:
     """Every tidy CSV of every run folder, with what the JSON beside it declares: the columns,
     and the models' parameter counts."""
-    frames, index, reported, parameters, labels = [], [], set(), {}, {}
+    frames, index, reported, parameters = [], [], set(), {}
+    labels: dict[str, str] = {}
     for folder in dirs:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder of vitprobe results")

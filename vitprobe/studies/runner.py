@@ -10,6 +10,7 @@ analysis, and a run that was killed or overwritten since is rerun.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import shutil
@@ -128,7 +129,8 @@ def run_recipe(recipe: Recipe, out: Path, overrides: dict[str, Any] | None = Non
     if unknown:
         raise UserError(f"{recipe.path} has no analysis {', '.join(unknown)}")
     problems: list[str] = []
-    plans, models, datasets = [], [], []
+    plans: list[tuple[Analysis, SharedOptions | None, bool]] = []
+    models, datasets = [], []
     for analysis in chosen:
         if not analysis.available:
             plans.append((analysis, None, False))
@@ -151,17 +153,17 @@ def run_recipe(recipe: Recipe, out: Path, overrides: dict[str, Any] | None = Non
         raise UserError(f"{recipe.path} cannot run: {summarise(problems)}")
 
     outcomes = []
-    for analysis, options, done in plans:
-        if options is None:
+    for analysis, planned, done in plans:
+        if planned is None:
             log(f"[{analysis.command}] not available in this installation: skipped")
             outcomes.append(Outcome(analysis.command, "unavailable"))
         elif done:
             log(f"[{analysis.command}] complete in {out}: skipped")
             outcomes.append(Outcome(analysis.command, "skipped"))
         else:
-            log(f"[{analysis.command}] vitprobe {' '.join(cli.command_line(analysis.command, options))}")
+            log(f"[{analysis.command}] vitprobe {' '.join(cli.command_line(analysis.command, planned))}")
             started = time.perf_counter()
-            code = cli.run_command(analysis.command, options)
+            code = cli.run_command(analysis.command, planned)
             if code == 130:  # interrupted: stop the study, keep what is finished
                 raise KeyboardInterrupt
             seconds = time.perf_counter() - started
@@ -181,5 +183,9 @@ def copy_gallery(recipe: Recipe, out: Path) -> list[str]:
         if not matches:
             notes.append(f"gallery: nothing in {out} matches {pattern!r} for {name}")
             continue
-        atomic_write(out / name, lambda tmp, source=matches[0]: shutil.copyfile(source, tmp))
+        atomic_write(out / name, functools.partial(_copy_to, matches[0]))
     return notes
+
+
+def _copy_to(source: str, target: Path) -> None:
+    shutil.copyfile(source, target)

@@ -24,7 +24,7 @@ class ThroughputOptions(SharedOptions):
     steps: int = option(50, "timed steps (default: 50)", metavar="N")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[ThroughputOptions]) -> None:
     args = ctx.options
     for model in ctx.models():
         with ctx.isolated(model.label):

@@ -134,10 +134,10 @@ def measure_throughput(
                         "use --precision bf16 or fp32 on CPU, fp16 on a GPU")
     dtype = DTYPES[precision]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    module = copy.deepcopy(loaded.module).eval().to(device=device, dtype=dtype,
-                                                    memory_format=memory_format)
+    module = copy.deepcopy(loaded.module).eval().to(device=device, dtype=dtype)
+    module = module.to(memory_format=memory_format)  # torch's stub has no overload taking all three
     if compile:
-        module = torch.compile(module)
+        module = torch.compile(module)  # type: ignore[assignment]  # a callable module
     if data is None:
         channels, (height, width) = int(loaded.data_config["input_size"][0]), loaded.input_size
     else:

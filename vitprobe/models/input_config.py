@@ -89,13 +89,13 @@ def inferred_config(module: nn.Module,
         size = (grid[0] * patch_size[0], grid[1] * patch_size[1]) if grid else None
     config = imagenet_config(channels or 3, size or (DEFAULT_SIZE, DEFAULT_SIZE))
     config["crop_pct"] = 1.0
-    statistics = "ImageNet's" if config["input_size"][0] == 3 else "0.5"
     guessed = {
         "in_chans": f"{config['input_size'][0]} channel{'s' if config['input_size'][0] != 1 else ''} "
                     + ("read off its first layer" if channels else "by default"),
         "input_size": "{}x{} ".format(*config["input_size"][1:]) + ("read off its layers" if size
                                                                    else "by default"),
-        "mean": f"{statistics} mean and std", "interpolation": "bicubic resizing",
+        "mean": "default mean and std (ImageNet's for 3 channels, else 0.5)",
+        "interpolation": "bicubic resizing",
         "crop_pct": "no centre crop (crop-pct 1.0)",
     }
     return config, guessed

@@ -130,11 +130,8 @@ def execute(command: Command, options: SharedOptions, argv: list[str]) -> int:
             return EXIT_USER_ERROR
         _close(ctx, "complete")
         return 0
-    except AllModelsFailed as error:
-        if ctx is not None and len(ctx.model_specs) > 1:  # a single model's error is the line itself
-            print(f"vitprobe {command.name}: {error}", file=sys.stderr)
-        else:
-            print(f"vitprobe {command.name}: error: {error}", file=sys.stderr)
+    except AllModelsFailed as error:  # each model's error is on its own line already
+        print(f"vitprobe {command.name}: {error}", file=sys.stderr)
         _close(ctx, "failed")
         return EXIT_USER_ERROR
     except UserError as error:

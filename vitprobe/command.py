@@ -43,7 +43,7 @@ from vitprobe.report.metadata import run_metadata
 
 
 class AllModelsFailed(UserError):
-    """Every model of the run failed; each was reported on its own line."""
+    """Every one of several models failed; each was reported on its own line."""
 
 
 @dataclass(frozen=True)
@@ -152,10 +152,10 @@ class RunContext(Generic[Options]):
 
     def require_a_model(self) -> None:
         """After the models' loop: stop the command when every model failed, before it builds
-        comparisons of nothing."""
+        comparisons of nothing. (A single model's error has ended the run already: see
+        :meth:`isolated`.)"""
         if self.failures and not self.done:
-            raise AllModelsFailed(f"{len(self.failures)} of {len(self.model_specs)} models failed "
-                                  "(see above)" if len(self.model_specs) > 1 else self.failures[0]["error"])
+            raise AllModelsFailed(f"{len(self.failures)} of {len(self.model_specs)} models failed (see above)")
 
     @contextmanager
     def isolated(self, label: str) -> Iterator[None]:

@@ -147,6 +147,14 @@ def field_of(cls: type[SharedOptions], key: str) -> dataclasses.Field | None:
     return found if found is not None and found.metadata["recipe"] else None
 
 
+def _checked_field(cls: type[SharedOptions], key: str) -> dataclasses.Field:
+    """:func:`field_of` for a key the recipe check has already accepted."""
+    item = field_of(cls, key)
+    if item is None:
+        raise UserError(f"{cls.__name__} has no recipe setting {key!r}")
+    return item
+
+
 def _describe(kind: type) -> str:
     return {int: "an integer", float: "a number"}.get(kind, "a string")
 
@@ -164,9 +172,7 @@ def _fits(kind: type, value: Any) -> bool:
 def check_setting(cls: type[SharedOptions], key: str, value: Any) -> str | None:
     """Why a recipe cannot give ``value`` to ``key`` (None if it can), in the terms the
     command line would use."""
-    item = field_of(cls, key)
-    if item is None:
-        return "is not a setting"
+    item = _checked_field(cls, key)
     shape = shape_of(_hints(cls)[item.name])
     if shape.kind is bool:
         return None if isinstance(value, bool) else "expects true or false"
@@ -201,9 +207,7 @@ def options_from_settings(cls: type[O], settings: dict[str, Any]) -> O:
     hints = _hints(cls)
     values = {}
     for key, value in settings.items():
-        item = field_of(cls, key)
-        if item is None:
-            raise UserError(f"{cls.__name__} has no recipe setting {key!r}")
+        item = _checked_field(cls, key)
         values[item.name] = _convert(shape_of(hints[item.name]), value)
     return cls(**values)
 

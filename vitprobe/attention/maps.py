@@ -68,9 +68,9 @@ class SaliencyResult(Result):
         top = max(1, size // 10)
         top_mass = np.sort(p, axis=-1)[..., -top:].sum(-1)
         rows = []
+        layer = {"target_layer": self.options["layer"]} if self.options.get("layer") else {}
         for j, source in enumerate(self.sources):
             for metric, values in (("map_entropy", entropy), ("top10_mass", top_mass)):
-                layer = {"target_layer": self.options["layer"]} if self.options.get("layer") else {}
                 rows.append({"metric": f"{self.method}_{metric}", "source": source, **layer,
                              "value": float(values[:, j].mean())})
         return rows

@@ -17,6 +17,7 @@ import pickle
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,17 +47,17 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False,
         raise UserError(f"{path} holds no state dict (looked for dicts of tensors, also under "
                         f"{', '.join(CHECKPOINT_KEYS)})")
     if like is None:
-        return min(candidates, key=lambda c: _priority(c[0]))[1]
+        return min(candidates, key=_priority).state
     expected = set(like.state_dict())
-    overlap, where, state = max(((len(expected & set(s)), w, s) for w, s in candidates),
-                                key=lambda c: (c[0], tuple(-rank for rank in _priority(c[1]))))
+    overlap, best = max(((len(expected & set(c.state)), c) for c in candidates),
+                        key=lambda scored: (scored[0], tuple(-rank for rank in _priority(scored[1]))))
     if overlap == 0 and len(candidates) > 1:
-        found = "; ".join(f"{_where(w)}: {_listing(list(s), 3)}" for w, s in candidates)
+        found = "; ".join(f"{c.where}: {_listing(list(c.state), 3)}" for c in candidates if not c.prefix)
         raise UserError(f"no dict of tensors in {path} matches {type(like).__name__} (whose keys "
                         f"begin {_listing(sorted(expected), 3)}); found {found}")
-    if where:
-        log(f"{path}: weights from {_where(where)}" + "".join(f", {w}" for w in where if w.startswith("prefix ")))
-    return state
+    if best.keys or best.prefix:
+        log(f"{path}: weights from {best.where}" + (f", prefix {best.prefix!r} stripped" if best.prefix else ""))
+    return best.state
 
 
 def read_checkpoint(path: Path, trust_checkpoint: bool = False) -> object:
@@ -127,10 +128,23 @@ def checkpoint_num_classes(module: nn.Module, state: Mapping[str, torch.Tensor])
     return None
 
 
-def _state_dicts(obj: object, where: tuple[str, ...] = (),
-                 depth: int = 0) -> Iterator[tuple[tuple[str, ...], OrderedDict[str, torch.Tensor]]]:
-    """Every dict of tensors in ``obj`` (a module counts by its state dict), each also with
-    its uniform dotted prefixes stripped, with the path of keys that leads to it."""
+@dataclass(frozen=True)
+class _Candidate:
+    """A dict of tensors found in a checkpoint: the keys that lead to it, the uniform prefix
+    stripped from its names ("" for none), and the state dict."""
+
+    keys: tuple[str, ...]
+    prefix: str
+    state: OrderedDict[str, torch.Tensor]
+
+    @property
+    def where(self) -> str:
+        return "".join(f"[{k!r}]" for k in self.keys) or "the top level"
+
+
+def _state_dicts(obj: object, keys: tuple[str, ...] = ()) -> Iterator[_Candidate]:
+    """Every dict of tensors in ``obj`` (a module counts by its state dict), down to
+    :data:`SEARCH_DEPTH` levels, each also with its uniform dotted prefixes stripped."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
@@ -138,14 +152,14 @@ def _state_dicts(obj: object, where: tuple[str, ...] = (),
     tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor))
     metadata = getattr(obj, "_metadata", None)
     if tensors:
-        yield where, _with_metadata(tensors, metadata)
+        yield _Candidate(keys, "", _with_metadata(tensors, metadata))
         for prefix in _uniform_prefixes(list(tensors)):
             stripped = OrderedDict((k[len(prefix):], v) for k, v in tensors.items())
-            yield (*where, f"prefix {prefix!r} stripped"), _with_metadata(stripped, metadata, prefix)
-    if depth < SEARCH_DEPTH:
+            yield _Candidate(keys, prefix, _with_metadata(stripped, metadata, prefix))
+    if len(keys) < SEARCH_DEPTH:
         for key, value in obj.items():
             if isinstance(key, str) and isinstance(value, (Mapping, nn.Module)):
-                yield from _state_dicts(value, (*where, key), depth + 1)
+                yield from _state_dicts(value, (*keys, key))
 
 
 def _uniform_prefixes(keys: list[str]) -> list[str]:
@@ -170,17 +184,12 @@ def _with_metadata(state: OrderedDict[str, torch.Tensor], metadata: Mapping | No
     return state
 
 
-def _priority(where: tuple[str, ...]) -> tuple[int, int]:
+def _priority(candidate: _Candidate) -> tuple[int, int]:
     """Among equal matches: the top level, then the entries of :data:`CHECKPOINT_KEYS` in order;
     an unstripped dict before a stripped one."""
-    keys = [w for w in where if not w.startswith("prefix ")]
+    keys = candidate.keys
     rank = CHECKPOINT_KEYS.index(keys[0]) + 1 if keys and keys[0] in CHECKPOINT_KEYS else len(CHECKPOINT_KEYS) + 1
-    return (rank if keys else 0) + len(keys), len(where) - len(keys)
-
-
-def _where(where: tuple[str, ...]) -> str:
-    keys = [w for w in where if not w.startswith("prefix ")]
-    return "".join(f"[{k!r}]" for k in keys) or "the top level"
+    return (rank if keys else 0) + len(keys), int(bool(candidate.prefix))
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:

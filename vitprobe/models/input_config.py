@@ -101,10 +101,6 @@ def inferred_config(module: nn.Module,
     return config, guessed
 
 
-def describe_guesses(guessed: dict[str, str]) -> str:
-    """``guessed`` in words; std goes with mean."""
-    return ", ".join(text for key, text in guessed.items() if key != "std")
-
 
 @dataclass(frozen=True)
 class InputOverrides:

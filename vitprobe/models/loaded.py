@@ -142,8 +142,7 @@ class LoadedModel:
             module.set_input_size(img_size=size)
         self.data_config = config
         self.input_source = f"{self.input_source} + command line ({', '.join(overrides.given)})"
-        given = set(overrides.given) | ({"std"} if "mean" in overrides.given else set())
-        self.guessed = {key: how for key, how in self.guessed.items() if key not in given}
+        self.guessed = {key: how for key, how in self.guessed.items() if key not in overrides.given}
         return self
 
     @property

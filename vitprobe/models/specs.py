@@ -29,7 +29,7 @@ from vitprobe.models.checkpoints import (
     read_state_dict,
     timm_filter,
 )
-from vitprobe.models.input_config import FLAGS, InputOverrides, describe_guesses
+from vitprobe.models.input_config import FLAGS, InputOverrides
 from vitprobe.models.loaded import LoadedModel, complete, describe
 from vitprobe.progress import warn
 from vitprobe.report.files import sha256_file
@@ -101,7 +101,7 @@ def load_model(
     loaded.with_input(input or InputOverrides())
     if loaded.guessed:
         warn(f"{loaded.label} has no input configuration of its own: guessed "
-             f"{describe_guesses(loaded.guessed)} ({describe_input(loaded)}); set {FLAGS} to what "
+             f"{', '.join(loaded.guessed.values())} ({describe_input(loaded)}); set {FLAGS} to what "
              "it was trained with")
     return complete(loaded, check=loaded.input_source != "timm pretrained_cfg")
 

@@ -138,10 +138,9 @@ def _labels(model: LoadedModel) -> dict[str, str]:
     return {"family": model.family, "optimizer": str(model.info.get("optimizer", ""))}
 
 
-def run_subsets(ctx: RunContext[SharpnessOptions]) -> None:
+def run_subsets(ctx: RunContext[SharpnessOptions], subsets: int) -> None:
     """``--subsets K``: the spread of the leading eigenvalues over K disjoint image subsets."""
     args = ctx.options
-    subsets = args.subsets or 0  # run only with --subsets
     results = []
     for model in ctx.models():
         with ctx.isolated(model.label):
@@ -162,7 +161,7 @@ def run_subsets(ctx: RunContext[SharpnessOptions]) -> None:
 def run(ctx: RunContext[SharpnessOptions]) -> None:
     args = ctx.options
     if args.subsets is not None:
-        run_subsets(ctx)
+        run_subsets(ctx, args.subsets)
         return
     keep: KeepGraphs = "auto" if args.keep_graphs == "auto" else args.keep_graphs == "yes"
     rhos = [] if args.no_sam else (args.sam_rho or [DEFAULT_RHO])

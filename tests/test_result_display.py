@@ -31,6 +31,7 @@ def results(zoo):
     quick = {"max_iter": 4}
     maps = vitprobe.attention_rollout(vit, data["vit"])
     return {
+        "adaptive_sharpness": vitprobe.adaptive_sharpness(vit, data["vit"], rho=[1e-3, 2e-3], m=4, steps=2),
         "attention_maps": vitprobe.attention_maps(vit, data["vit"], layers=[0]),
         "attention_rollout": maps,
         "attributions": vitprobe.attributions(resnet, data["resnet"]),

@@ -60,6 +60,26 @@ def test_command_writes_rows_figures_and_sidecar(tmp_path, model_module):
     assert meta["command"] == "sharpness" and meta["status"] == "complete"
 
 
+def test_adaptive_option_writes_rows_with_their_interval(tmp_path, model_module):
+    """``--adaptive``: one row per radius, with the interval over the batches of ``--adaptive-m``
+    images, equal to the analysis called on the same images."""
+    import vitprobe
+
+    out = tmp_path / "out"
+    status = main(["sharpness", "--model", f"py:{model_module}:tiny", "--num-images", "8", "--batch-size", "4",
+                   "--no-sam", "--adaptive", "--adaptive-rho", "0.001", "0.002", "--adaptive-m", "2",
+                   "--adaptive-steps", "5", "--out", str(out), "--quiet"])
+    assert status == 0
+    frame = pd.read_csv(out / "sharpness.csv")
+    rows = frame[frame["metric"] == "adaptive_worst_linf_sharpness"]
+    assert list(rows["rho"]) == [0.001, 0.002] and set(rows["batches"]) == {4} and set(rows["m"]) == {2}
+    assert (rows["ci_low"] < rows["value"]).all() and (rows["value"] < rows["ci_high"]).all()
+    model = vitprobe.load_model(f"py:{model_module}:tiny")
+    data = vitprobe.load_data("shapes:train", model, num_images=8, batch_size=4)
+    direct = vitprobe.adaptive_sharpness(model, data, rho=[0.001, 0.002], m=2, steps=5)
+    assert list(rows["value"]) == pytest.approx(list(direct.sharpness), rel=1e-6)
+
+
 def test_command_on_an_arch_path_checkpoint_with_a_parameter_block(tmp_path):
     model = timm.create_model("test_vit", num_classes=4)
     path = tmp_path / "weights.safetensors"

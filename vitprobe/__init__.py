@@ -30,6 +30,7 @@ _EXPORTS = {
     "hessian_trace": "vitprobe.sharpness",
     "hessian_density": "vitprobe.sharpness",
     "sam_sharpness": "vitprobe.sharpness",
+    "adaptive_sharpness": "vitprobe.sharpness",
     "keskar_sharpness": "vitprobe.sharpness",
     "sharpness_subsets": "vitprobe.sharpness",
     "block_spectrum": "vitprobe.sharpness",

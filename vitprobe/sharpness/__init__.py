@@ -1,5 +1,5 @@
 """Sharpness of a trained model's minimum: Hessian eigenvalues, trace and density; SAM and Keskar
-sharpness.
+sharpness; adaptive sharpness.
 
 Everything measures the mean loss over a fixed set of images with the model in eval mode. The
 Hessian is a linear operator (:class:`HessianOperator`); the solvers (:func:`eigenpairs`,
@@ -7,18 +7,26 @@ Hessian is a linear operator (:class:`HessianOperator`); the solvers (:func:`eig
 ``hessian_*`` analyses are thin wrappers that build the operator from a model and data.
 """
 
+from vitprobe.sharpness.adaptive import adaptive_sharpness
 from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
 from vitprobe.sharpness.density import DensityEstimate, hessian_density, spectral_density
 from vitprobe.sharpness.keskar import keskar_sharpness
 from vitprobe.sharpness.lanczos import Eigenpairs, SymmetricOperator
 from vitprobe.sharpness.operator import HessianOperator
-from vitprobe.sharpness.results import DensityResult, KeskarResult, SamResult, SpectrumResult, TraceResult
+from vitprobe.sharpness.results import (
+    AdaptiveSharpnessResult,
+    DensityResult,
+    KeskarResult,
+    SamResult,
+    SpectrumResult,
+    TraceResult,
+)
 from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import eigenpairs, hessian_spectrum
 from vitprobe.sharpness.subsets import SubsetsResult, sharpness_subsets
 from vitprobe.sharpness.trace import TraceEstimate, hessian_trace, trace_estimate
 
-__all__ = ["BlockSpectrumResult", "block_spectrum", "HessianOperator", "SymmetricOperator", "eigenpairs", "trace_estimate", "spectral_density",
+__all__ = ["adaptive_sharpness", "AdaptiveSharpnessResult", "BlockSpectrumResult", "block_spectrum", "HessianOperator", "SymmetricOperator", "eigenpairs", "trace_estimate", "spectral_density",
            "Eigenpairs", "TraceEstimate", "DensityEstimate", "hessian_spectrum", "hessian_trace",
            "hessian_density", "sam_sharpness", "keskar_sharpness", "SpectrumResult", "TraceResult",
            "DensityResult", "SamResult", "KeskarResult", "sharpness_subsets", "SubsetsResult"]

@@ -3,7 +3,9 @@ sharpness, per model; with no ``--model`` it compares the demo zoo (ViT vs ResNe
 
 ``sharpness.csv`` holds tidy rows: ``metric`` = ``eigenvalue`` (``k`` = 1 for the largest, with
 ``residual`` and ``hvps``), ``trace`` (``std_error``), ``slq_node`` (``weight``, ``vector``),
-``sam_sharpness`` (``rho``, ``steps``, ``m``), ``keskar_sharpness`` (``epsilon``); every row has
+``sam_sharpness`` (``rho``, ``steps``, ``m``), ``keskar_sharpness`` (``epsilon``), with
+``--adaptive`` ``adaptive_worst_linf_sharpness`` and its siblings (``rho``, ``std_error``,
+``ci_low``, ``ci_high``, ``m``, ``batches``); every row has
 ``model``, ``family``, ``optimizer``, ``value``, ``seconds``, ``num_images``, ``num_params``.
 """
 
@@ -22,6 +24,8 @@ from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.options import TRAINING_DATA, SharedOptions, option
 from vitprobe.report.files import slug
+from vitprobe.sharpness.adaptive import DEFAULT_RHO as ADAPTIVE_RHO
+from vitprobe.sharpness.adaptive import KINDS, NORMS, adaptive_sharpness
 from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
 from vitprobe.sharpness.density import density_of
 from vitprobe.sharpness.figures import block_figure, density_plot, eigenvalue_bars, eigenvalue_comparison
@@ -34,6 +38,7 @@ from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
 from vitprobe.sharpness.trace import TraceMethod, trace_of
 
 DEFAULT_RHO = 0.05
+ADAPTIVE_PREFIXES = ("adaptive_", *(f"{kind}_" for kind in KINDS))
 
 
 @dataclass(kw_only=True)
@@ -75,6 +80,26 @@ class SharpnessOptions(SharedOptions):
                                      choices=("weights", "all"))
     sam_m: int | None = option(help="m-sharpness: micro-batches of M images", metavar="M")
     no_sam: bool = option(False, "skip SAM sharpness")
+    adaptive: bool = option(False, "also adaptive sharpness (Andriushchenko et al. 2023): the "
+                                   "worst (or average) loss increase in the ball "
+                                   "||delta / |w| ||_p <= rho, per batch of --adaptive-m images, "
+                                   "with a 95%% interval over the batches")
+    adaptive_rho: list[float] | None = option(
+        help="adaptive sharpness radius, repeatable or a list (default: "
+             + ", ".join(f"{k} {n} {r:g}" for (k, n), r in ADAPTIVE_RHO.items()) + ")",
+        action="extend", metavar="R")
+    adaptive_kind: str = option("worst", "worst case (auto-PGD, default) or average case (random "
+                                         "draws)", choices=KINDS)
+    adaptive_norm: str = option("linf", "the ball's norm (default: linf)", choices=NORMS)
+    adaptive_m: int = option(128, "m-sharpness: images per batch (default: 128, the paper's)",
+                             metavar="M")
+    adaptive_steps: int = option(20, "auto-PGD iterations of the worst case (default: 20)",
+                                 metavar="N")
+    adaptive_samples: int = option(20, "random draws of the average case (default: 20)",
+                                   metavar="N")
+    adaptive_plain: bool = option(False, "the non-adaptive ball ||delta||_p <= rho")
+    adaptive_normalise_logits: bool = option(False, "the loss on unit-norm centred logits (their "
+                                                    "--normalize_logits)")
     keskar: float | None = option(help="also Keskar et al.'s epsilon-sharpness (default EPS: 1e-3)",
                                   nargs="?", const=1e-3, metavar="EPS")
     keskar_method: str = option("lbfgsb", "Keskar maximisation: L-BFGS-B, as the paper, or "
@@ -109,9 +134,14 @@ class SharpnessOptions(SharedOptions):
         rhos = self.sam_rho or []
         if not all(math.isfinite(r) and r >= 0 for r in rhos):
             raise UserError(f"--sam-rho must be finite and >= 0, got {rhos}")
+        adaptive_rhos = self.adaptive_rho or []
+        if not all(math.isfinite(r) and r > 0 for r in adaptive_rhos):
+            raise UserError(f"--adaptive-rho must be finite and above 0, got {adaptive_rhos}")
         least_samples = 3 if self.trace_method == "hutch++" else 2
         counts = {"--sam-steps": (self.sam_steps, 1), "--trace-samples": (self.trace_samples, least_samples),
-                  "--density-vectors": (self.density_vectors, 1), "--density-steps": (self.density_steps, 1)}
+                  "--density-vectors": (self.density_vectors, 1), "--density-steps": (self.density_steps, 1),
+                  "--adaptive-m": (self.adaptive_m, 1), "--adaptive-steps": (self.adaptive_steps, 1),
+                  "--adaptive-samples": (self.adaptive_samples, 1)}
         if self.sam_m is not None:
             counts["--sam-m"] = (self.sam_m, 1)
         for name, (value, least) in counts.items():
@@ -209,6 +239,15 @@ def run(ctx: RunContext[SharpnessOptions]) -> None:
                                     params=args.params)
                 ctx.add_rows(sam.to_frame().assign(**extra))
                 row.update({f"sam_{r:g}": s for r, s in zip(sam.rhos, sam.sharpness)})
+            if args.adaptive:
+                adaptive = adaptive_sharpness(model, data, rho=args.adaptive_rho, kind=args.adaptive_kind,
+                                              norm=args.adaptive_norm, adaptive=not args.adaptive_plain,
+                                              m=args.adaptive_m, steps=args.adaptive_steps,
+                                              samples=args.adaptive_samples,
+                                              normalise_logits=args.adaptive_normalise_logits,
+                                              params=args.params, seed=args.seed)
+                ctx.add_rows(adaptive.to_frame().assign(**extra))
+                row.update({f"{adaptive.metric}_{r:g}": s for r, s in zip(adaptive.rhos, adaptive.sharpness)})
             if args.keskar is not None:
                 keskar = keskar_sharpness(model, data, epsilon=args.keskar, method=args.keskar_method,
                                           start=args.keskar_start, params=args.params, seed=args.seed)
@@ -230,7 +269,7 @@ def run(ctx: RunContext[SharpnessOptions]) -> None:
 def compare(table: pd.DataFrame) -> pd.DataFrame:
     """Ratios of lambda_1 (and the other sharpness columns): ViT over ResNet for each optimizer,
     SAM over AdamW for each family, where both models are in the table."""
-    metrics = [c for c in table.columns if c == "lambda_1" or c == "trace" or c.startswith(("sam_", "keskar_"))]
+    metrics = [c for c in table.columns if c == "lambda_1" or c == "trace" or c.startswith(("sam_", "keskar_", *ADAPTIVE_PREFIXES))]
     rows = []
 
     def first(**where) -> pd.Series | None:

@@ -156,6 +156,53 @@ class SamResult(_Sharpness):
                 for r, s in zip(self.rhos, self.sharpness)]
 
 
+def adaptive_metric(kind: str, norm: str, adaptive: bool) -> str:
+    """The metric name of one adaptive-sharpness definition, e.g. ``adaptive_worst_linf_sharpness``."""
+    return f"{'adaptive_' if adaptive else ''}{kind}_{norm}_sharpness"
+
+
+@dataclass(kw_only=True)
+class AdaptiveSharpnessResult(_Sharpness):
+    """Adaptive sharpness per radius (Andriushchenko et al. 2023): the mean over batches of m
+    images of the worst (or average) loss increase in the ball ||delta / |w| ||_p <= rho, with the
+    standard error and a 95% Student-t interval over the batches; ``per_batch`` is (batches, rhos)."""
+
+    rhos: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    kind: str = "worst"
+    norm: str = "linf"
+    adaptive: bool = True
+    m: int | None = 128
+    steps: int = 20
+    samples: int = 20
+    normalise_logits: bool = False
+    sharpness: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    std_error: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ci_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ci_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    per_batch: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    loss: float = float("nan")
+
+    INDEX: ClassVar[tuple[str, ...]] = ("metric", "rho")
+    LABELS: ClassVar[dict[str, str]] = {adaptive_metric(k, n, a): f"{adaptive_metric(k, n, a)}[rho={{rho}}]"
+                                        for k in ("worst", "average") for n in ("linf", "l2")
+                                        for a in (True, False)}
+    ANNOTATIONS: ClassVar[tuple[str, ...]] = ("method", "m", "steps", "samples", "batches",
+                                              "normalise_logits", "loss", *_Sharpness.ANNOTATIONS[1:])
+
+    @property
+    def metric(self) -> str:
+        return adaptive_metric(self.kind, self.norm, self.adaptive)
+
+    def rows(self) -> list[dict]:
+        method = "auto-pgd" if self.kind == "worst" else "random"
+        return [{"metric": self.metric, "rho": float(r), "value": float(s), "std_error": float(e),
+                 "ci_low": float(low), "ci_high": float(high), "method": method,
+                 "m": self.m if self.m is not None else np.nan, "steps": self.steps if self.kind == "worst" else np.nan,
+                 "samples": self.samples if self.kind == "average" else np.nan, "batches": len(self.per_batch),
+                 "normalise_logits": self.normalise_logits, "loss": self.loss, **self._measured()}
+                for r, s, e, low, high in zip(self.rhos, self.sharpness, self.std_error, self.ci_low, self.ci_high)]
+
+
 @dataclass(kw_only=True)
 class KeskarResult(_Sharpness):
     """Keskar et al. (2017) sharpness: 100 (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x))."""

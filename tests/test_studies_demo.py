@@ -29,9 +29,19 @@ demo:vit,mean_attention_distance,,0,1,6.0
 demo:vit,mean_attention_distance,,1,0,10.0
 demo:vit,mean_attention_distance,,1,1,12.0
 """
+TRACK = """\
+model,metric,step,value,hvps,eos_threshold
+demo:vit,lambda_1,50,80.0,9,2000.0
+demo:vit,lambda_1,100,120.0,4,1000.0
+demo:resnet,lambda_1,50,20.0,9,2000.0
+demo:resnet,lambda_1,100,30.0,5,1000.0
+demo:vit-sam,lambda_1,50,70.0,9,2000.0
+demo:vit-sam,lambda_1,100,60.0,3,1000.0
+"""
 
 
 def test_findings_state_the_measured_comparisons(tmp_path: Path) -> None:
+    (tmp_path / "track.csv").write_text(TRACK)
     (tmp_path / "sharpness.csv").write_text(SHARPNESS)
     (tmp_path / "evaluate.csv").write_text(EVALUATE)
     (tmp_path / "attention.csv").write_text(ATTENTION)
@@ -51,25 +61,38 @@ def test_findings_state_the_measured_comparisons(tmp_path: Path) -> None:
     assert "SAM finds flatter minima (vit) (Foret et al. 2020; Chen, Hsieh & Gong 2021): this run agrees" in text
     assert "SAM finds flatter minima (resnet) (Foret et al. 2020; Chen, Hsieh & Gong 2021): this run does NOT agree" in text
     assert "attention distance grows with depth (demo:vit) (Dosovitskiy et al. 2020, Fig. 7): this run agrees" in text
+    assert "demo:vit: 80 -> 120 -> 120 over 100 steps (2/lr 1000); 13 HVPs in 2 warm-started checks" in text
+    assert ("ViTs are sharper than ResNets, tracked while training (Chen, Hsieh & Gong 2021): this run agrees "
+            "(lambda_1 at the last tracked step 120 vs 30)") in text
+    assert ("SAM trains to a flatter point (vit, tracked) (Foret et al. 2020): this run agrees (lambda_1 at the "
+            "last tracked step 120 (AdamW) vs 60 (SAM))") in text
+    assert "SAM trains to a flatter point (resnet, tracked) (Foret et al. 2020): this run not measured" in text
 
 
 def test_findings_with_nothing_measured(tmp_path: Path) -> None:
     text = "\n".join(findings(tmp_path, []))
-    for name in ("accuracy", "sharpness", "attention", "receptive fields"):
+    for name in ("accuracy", "sharpness", "sharpness while training", "attention", "receptive fields"):
         assert f"{name}: not measured" in text
 
 
 def test_the_shipped_demo_runs_every_analysis(tmp_path, capsys) -> None:
     """The real demo study, small: every analysis of the shipped recipe runs on the real zoo (a
-    recipe setting that a command refuses, such as an attention method on a CNN, fails here)."""
+    recipe setting that a command refuses, such as an attention method on a CNN, fails here);
+    its training tracker on 12 steps instead of 600."""
     import json
 
     from vitprobe.cli import main
+    from vitprobe.studies.demo import DEMO_RECIPE
 
+    shipped = DEMO_RECIPE.read_text()
+    assert "steps = 600\nevery = 50\n" in shipped
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(shipped.replace("steps = 600\nevery = 50\n", "steps = 12\nevery = 6\n"))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--num-images", "8", "--quiet"]) == 0, capsys.readouterr().err
-    for analysis in ("evaluate", "throughput", "sharpness", "attention", "receptive-field", "landscape",
+    assert main(["demo", "--recipe", str(recipe), "--out", str(out), "--num-images", "8", "--quiet"]) == 0, \
+        capsys.readouterr().err
+    for analysis in ("evaluate", "throughput", "sharpness", "track", "attention", "receptive-field", "landscape",
                      "similarity", "frequency", "corruptions", "map-quality"):
         assert json.loads((out / f"{analysis}.json").read_text())["status"] == "complete", analysis
     said = capsys.readouterr().out
-    assert "ViT" in said and "Park & Kim 2022" in said
+    assert "ViT" in said and "Park & Kim 2022" in said and "SAM trains to a flatter point (vit, tracked)" in said

@@ -4,7 +4,8 @@ Public API: ``load_model``, ``load_data`` and one function per analysis, each ca
 ``analysis(model, data, *, options...) -> XResult``: ``model`` a :class:`LoadedModel` or a plain
 ``torch.nn.Module``, ``data`` an iterable of ``(images, labels)``, one such tuple or a tensor.
 The solvers (``eigenpairs``, ``trace_estimate``, ``spectral_density``) take any symmetric
-operator. Names are imported on first use.
+operator. ``SharpnessTracker`` follows lambda_1 while a model trains. Names are imported on
+first use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"  # the one place it is written: pyproject.toml reads it; CHANGELOG.md
+__version__ = "0.3.0"  # the one place it is written: pyproject.toml reads it; CHANGELOG.md
 
 _EXPORTS = {
     "load_model": "vitprobe.models",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "keskar_sharpness": "vitprobe.sharpness",
     "sharpness_subsets": "vitprobe.sharpness",
     "block_spectrum": "vitprobe.sharpness",
+    "SharpnessTracker": "vitprobe.sharpness",
     "attention_maps": "vitprobe.attention",
     "attention_rollout": "vitprobe.attention",
     "gradient_rollout": "vitprobe.attention",

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -129,8 +130,11 @@ def test_accuracy(model: nn.Module, num_images: int = 1000) -> float:
     return float((logits.argmax(-1) == test.labels).float().mean())
 
 
-def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
-    """Train one demo model from scratch, deterministically for ``recipe.seed``."""
+def train(recipe: DemoRecipe, after_step: Callable[[int, nn.Module, float], object] | None = None
+          ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one demo model from scratch, deterministically for ``recipe.seed``; ``after_step``
+    is called after each optimizer step with the number of steps taken, the model and the
+    learning rate (``vitprobe track`` measures lambda_1 there)."""
     torch.manual_seed(recipe.seed)
     model = build_architecture(recipe.architecture)
     data = render_shapes(list(range(recipe.train_images)), RESOLUTION, split="train")
@@ -172,6 +176,8 @@ def train(recipe: DemoRecipe) -> tuple[nn.Module, dict[str, Any]]:
             optimizer.step(closure)
         else:
             optimizer.step()
+        if after_step is not None:
+            after_step(step + 1, model, _lr_at(step, recipe))
     seconds = time.perf_counter() - started
     model.eval()
     record = {"recipe": asdict(recipe), "train_seconds": round(seconds, 1),

@@ -1,5 +1,5 @@
 """Sharpness of a trained model's minimum: Hessian eigenvalues, trace and density; SAM and Keskar
-sharpness; adaptive sharpness.
+sharpness; adaptive sharpness; lambda_1 tracked during training.
 
 Everything measures the mean loss over a fixed set of images with the model in eval mode. The
 Hessian is a linear operator (:class:`HessianOperator`); the solvers (:func:`eigenpairs`,
@@ -25,8 +25,9 @@ from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import eigenpairs, hessian_spectrum
 from vitprobe.sharpness.subsets import SubsetsResult, sharpness_subsets
 from vitprobe.sharpness.trace import TraceEstimate, hessian_trace, trace_estimate
+from vitprobe.sharpness.tracker import SharpnessTracker, TrackResult
 
-__all__ = ["adaptive_sharpness", "AdaptiveSharpnessResult", "BlockSpectrumResult", "block_spectrum", "HessianOperator", "SymmetricOperator", "eigenpairs", "trace_estimate", "spectral_density",
+__all__ = ["SharpnessTracker", "TrackResult", "adaptive_sharpness", "AdaptiveSharpnessResult", "BlockSpectrumResult", "block_spectrum", "HessianOperator", "SymmetricOperator", "eigenpairs", "trace_estimate", "spectral_density",
            "Eigenpairs", "TraceEstimate", "DensityEstimate", "hessian_spectrum", "hessian_trace",
            "hessian_density", "sam_sharpness", "keskar_sharpness", "SpectrumResult", "TraceResult",
            "DensityResult", "SamResult", "KeskarResult", "sharpness_subsets", "SubsetsResult"]

@@ -5,7 +5,8 @@ sharpness, per model; with no ``--model`` it compares the demo zoo (ViT vs ResNe
 ``residual`` and ``hvps``), ``trace`` (``std_error``), ``slq_node`` (``weight``, ``vector``),
 ``sam_sharpness`` (``rho``, ``steps``, ``m``), ``keskar_sharpness`` (``epsilon``), with
 ``--adaptive`` ``adaptive_worst_linf_sharpness`` and its siblings (``rho``, ``std_error``,
-``ci_low``, ``ci_high``, ``m``, ``batches``); every row has
+``ci_low``, ``ci_high``, ``m``, ``batches``), with ``--subsets K`` ``eigenvalue`` per ``subset``
+and ``eigenvalue_mean`` (``ci_low``, ``ci_high``) over them; every row has
 ``model``, ``family``, ``optimizer``, ``value``, ``seconds``, ``num_images``, ``num_params``.
 """
 
@@ -28,14 +29,21 @@ from vitprobe.sharpness.adaptive import DEFAULT_RHO as ADAPTIVE_RHO
 from vitprobe.sharpness.adaptive import KINDS, NORMS, adaptive_sharpness
 from vitprobe.sharpness.blocks import BlockSpectrumResult, block_spectrum
 from vitprobe.sharpness.density import density_of
-from vitprobe.sharpness.figures import block_figure, density_plot, eigenvalue_bars, eigenvalue_comparison
+from vitprobe.sharpness.figures import (
+    block_figure,
+    density_plot,
+    eigenvalue_bars,
+    eigenvalue_comparison,
+    lambda_1_intervals,
+)
 from vitprobe.sharpness.keskar import KESKAR_METHODS, KESKAR_STARTS, keskar_sharpness
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs
 from vitprobe.sharpness.results import SpectrumResult
 from vitprobe.sharpness.sam import sam_sharpness
 from vitprobe.sharpness.spectrum import METHODS, Method, spectrum_of
-from vitprobe.sharpness.subsets import sharpness_subsets, subsets_figure
+from vitprobe.sharpness.subsets import SubsetsResult, sharpness_subsets, subsets_figure, t_summary
 from vitprobe.sharpness.trace import TraceMethod, trace_of
+from vitprobe.sharpness.track_command import COMMAND as TRACK
 
 DEFAULT_RHO = 0.05
 ADAPTIVE_PREFIXES = ("adaptive_", *(f"{kind}_" for kind in KINDS))
@@ -115,8 +123,8 @@ class SharpnessOptions(SharedOptions):
     subsets: int | None = option(
         help="how sure lambda_1 is: the top-k eigenvalues (and --trace) on K disjoint subsets of "
              "--num-images images each (K x N images in all), as mean, std and a 95%% interval, "
-             "and a figure of lambda_1 against the number of images; replaces the single-set "
-             "measurements", metavar="K")
+             "and a figure of lambda_1 against the number of images; the comparison figure then "
+             "shows each model's lambda_1 with that interval", metavar="K")
     micro_batch: int | None = option(help="images per backward in Hessian-vector products "
                                           "(default: the batch; halved on a CUDA out-of-memory "
                                           "error until it fits)", metavar="M")
@@ -168,35 +176,28 @@ def _labels(model: LoadedModel) -> dict[str, str]:
     return {"family": model.family, "optimizer": str(model.info.get("optimizer", ""))}
 
 
-def run_subsets(ctx: RunContext[SharpnessOptions], subsets: int) -> None:
-    """``--subsets K``: the spread of the leading eigenvalues over K disjoint image subsets."""
+def spread_over_subsets(ctx: RunContext[SharpnessOptions], model: LoadedModel, subsets: int) -> SubsetsResult:
+    """``--subsets K``: the spread of the leading eigenvalues (and trace) over K disjoint subsets
+    of ``--num-images`` images each."""
     args = ctx.options
-    results = []
-    for model in ctx.models():
-        with ctx.isolated(model.label):
-            data = ctx.data(model, num_images=subsets * ctx.num_images)
-            ctx.log(f"sharpness: {model.label} on {args.subsets} subsets of {ctx.num_images} images")
-            result = sharpness_subsets(model, data, subsets=subsets, k=args.top_k, tol=args.tol,
-                                       trace=args.trace, num_probes=args.trace_samples,
-                                       params=args.params, seed=args.seed)
-            frame = result.to_frame()
-            ctx.add_rows(frame.assign(data=data.spec))
-            ctx.print_table(frame[frame.metric.str.endswith(("_mean", "_std"))][
-                ["model", "metric", "k", "value", "ci_low", "ci_high", "subsets", "subset_images"]])
-            results.append(result)
-    if results:
-        ctx.save_figure(subsets_figure(results), "lambda1-vs-images")
+    data = ctx.data(model, num_images=subsets * ctx.num_images)
+    ctx.log(f"sharpness: {model.label} on {subsets} subsets of {ctx.num_images} images")
+    result = sharpness_subsets(model, data, subsets=subsets, k=args.top_k, tol=args.tol, trace=args.trace,
+                               num_probes=args.trace_samples, params=args.params, seed=args.seed)
+    frame = result.to_frame()
+    ctx.add_rows(frame.assign(data=data.spec, **_labels(model)))
+    ctx.print_table(frame[frame.metric.str.endswith(("_mean", "_std"))][
+        ["model", "metric", "k", "value", "ci_low", "ci_high", "subsets", "subset_images"]])
+    return result
 
 
 def run(ctx: RunContext[SharpnessOptions]) -> None:
     args = ctx.options
-    if args.subsets is not None:
-        run_subsets(ctx, args.subsets)
-        return
     keep: KeepGraphs = "auto" if args.keep_graphs == "auto" else args.keep_graphs == "yes"
     rhos = [] if args.no_sam else (args.sam_rho or [DEFAULT_RHO])
     spectra: list[SpectrumResult] = []
     blocks: list[BlockSpectrumResult] = []
+    spreads: list[SubsetsResult] = []
     summary: list[dict] = []
     for model in ctx.models():
         with ctx.isolated(model.label):
@@ -253,9 +254,17 @@ def run(ctx: RunContext[SharpnessOptions]) -> None:
                                           start=args.keskar_start, params=args.params, seed=args.seed)
                 ctx.add_rows(keskar.to_frame().assign(**extra))
                 row[f"keskar_{args.keskar:g}"] = keskar.sharpness
+            if args.subsets is not None:
+                spread = spread_over_subsets(ctx, model, args.subsets)
+                spreads.append(spread)
+                _, _, low, high = t_summary(spread.eigenvalues[:, 0], spread.confidence)
+                row.update(lambda_1_ci_low=low, lambda_1_ci_high=high)
             ctx.save_figure(eigenvalue_bars(spectrum), f"eigenvalues-{slug(model.label)}")
             summary.append(row)
-    if len(spectra) > 1:
+    if spreads:
+        ctx.save_figure(lambda_1_intervals(spreads), "eigenvalues")
+        ctx.save_figure(subsets_figure(spreads), "lambda1-vs-images")
+    elif len(spectra) > 1:
         ctx.save_figure(eigenvalue_comparison(spectra), "eigenvalues")
     if blocks:
         ctx.save_figure(block_figure(blocks), "lambda1-per-block")
@@ -293,4 +302,4 @@ COMMANDS = [Command(
     help="Hessian eigenvalues, trace and density; SAM and Keskar sharpness (ViT vs ResNet, AdamW vs SAM)",
     options=SharpnessOptions,
     run=run,
-)]
+), TRACK]

@@ -13,6 +13,7 @@ import seaborn as sns  # noqa: E402
 
 from vitprobe.sharpness.blocks import BlockSpectrumResult  # noqa: E402
 from vitprobe.sharpness.results import DensityResult, SpectrumResult  # noqa: E402
+from vitprobe.sharpness.subsets import SubsetsResult, t_summary  # noqa: E402
 
 
 def eigenvalue_bars(result: SpectrumResult):
@@ -45,8 +46,40 @@ def eigenvalue_comparison(results: Sequence[SpectrumResult]):
             ax.bar(x + (i - (k - 1) / 2) * width, values, width, color=palette[i], label=rf"$\lambda_{i + 1}$")
         ax.set_xticks(x, [r.model for r in results], rotation=15)
         ax.set_ylabel("Hessian eigenvalue")
+        log_if_decades(ax, [v for r in results for v in r.eigenvalues])
         if k > 1:
             ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def log_if_decades(ax, values) -> None:
+    """A log y axis when the positive ``values`` span more than a decade."""
+    positive = [v for v in np.ravel(values) if np.isfinite(v) and v > 0]
+    if positive and max(positive) > 10 * min(positive):
+        ax.set_yscale("log")
+
+
+def lambda_1_intervals(results: Sequence[SubsetsResult]):
+    """Each model's lambda_1 (the mean over its disjoint image subsets) with its Student-t
+    interval, one bar per model; a log axis when the values span decades."""
+    summaries = np.array([t_summary(r.eigenvalues[:, 0], r.confidence) for r in results])
+    means, lows, highs = summaries[:, 0], summaries[:, 2], summaries[:, 3]
+    with sns.axes_style("whitegrid"):
+        figure, ax = plt.subplots(figsize=(1.5 + 1.3 * len(results), 3.4))
+        x = np.arange(len(results))
+        ax.bar(x, means, 0.6, color=sns.color_palette("deep")[0],
+               yerr=np.vstack([means - lows, highs - means]), capsize=4, error_kw={"linewidth": 1})
+        for xi, mean, high in zip(x, means, highs):
+            ax.annotate(f"{mean:.3g}", (xi, high), textcoords="offset points", xytext=(0, 3), ha="center",
+                        fontsize=8)
+        ax.set_xticks(x, [r.model for r in results], rotation=15)
+        ax.set_ylabel(r"Hessian $\lambda_1$")
+        log_if_decades(ax, np.concatenate([means, lows]))
+        first = results[0]
+        ax.set_title(f"mean over {first.eigenvalues.shape[0]} disjoint subsets of {first.subset_size} images, "
+                     f"{int(round(100 * first.confidence))}% t interval", fontsize=9)
+        ax.margins(y=0.15)
     figure.tight_layout()
     return figure
 

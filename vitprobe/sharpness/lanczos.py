@@ -261,18 +261,24 @@ def basis_on_host(size: int, steps: int, dtype: torch.dtype, device: torch.devic
 
 
 def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, seed: int = 0,
-                basis: str = "auto") -> Eigenpairs:
+                basis: str = "auto", start: torch.Tensor | None = None) -> Eigenpairs:
     """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with partial
     reorthogonalisation; stops when every wanted Ritz pair has ||H y - theta y|| / |theta| < tol.
     ``basis``: keep the Lanczos vectors on the device, on the host, or ("auto") on the host only
-    when they would not fit on the GPU.
+    when they would not fit on the GPU. ``start``: the first Lanczos vector (a warm start, such
+    as the previous eigenvector of a slowly changing operator; default a seeded random vector).
     """
     size, dtype, device, matvec = operator.shape[0], operator.dtype, operator.device, products(operator)
     if not 1 <= k <= size:
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)
     basis_dtype = torch.float64 if tol < PRECISE_BELOW * torch.finfo(dtype).eps else dtype
-    start = torch.randn(size, generator=generator, dtype=basis_dtype).to(device)
+    if start is None:
+        start = torch.randn(size, generator=generator, dtype=basis_dtype).to(device)
+    elif start.numel() != size or not bool(torch.isfinite(start).all()) or norm(start) == 0:
+        raise ValueError(f"start must be a finite non-zero vector of size {size}")
+    else:
+        start = start.reshape(-1).to(device=device, dtype=basis_dtype)
     host = basis_on_host(size, max_iter, basis_dtype, device, basis)
     run = Lanczos(matvec if basis_dtype == dtype else _in_dtype(matvec, dtype), start,
                   reorthogonalise=True, generator=generator, host_basis=host, precision=dtype)

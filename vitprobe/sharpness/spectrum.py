@@ -29,7 +29,8 @@ OPERATOR_METHODS = ("lanczos", "power")
 
 
 def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, method: str = "lanczos",
-               max_iter: int = 100, seed: int = 0, basis: str = "auto") -> Eigenpairs:
+               max_iter: int = 100, seed: int = 0, basis: str = "auto",
+               start: torch.Tensor | None = None) -> Eigenpairs:
     """The k largest eigenpairs of any symmetric operator (``shape``, ``dtype``, ``device``, ``@``:
     a :class:`HessianOperator`, a curvlinops GGN or Fisher operator, ...).
 
@@ -37,7 +38,8 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     ||A y - theta y|| / |theta| < tol; ``max_iter`` products in all) or ``"power"`` (power
     iteration with deflation: the largest-*magnitude* eigenvalues; ``max_iter`` per eigenvalue).
     ``basis`` places Lanczos's vectors: "device", "host", or "auto" (the host when they would not
-    fit on the GPU).
+    fit on the GPU). ``start`` (Lanczos only): the first vector, e.g. the eigenvector of the
+    previous check of a slowly changing Hessian (:class:`SharpnessTracker` warm-starts so).
     """
     if method not in OPERATOR_METHODS:
         raise UserError(f"unknown method {method!r}: choose one of {', '.join(OPERATOR_METHODS)}")
@@ -46,7 +48,9 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     if k > operator.shape[0]:
         raise UserError(f"k={k} is more than the {operator.shape[0]} rows of the operator")
     if method == "lanczos":
-        return lanczos_top(operator, k, tol, max_iter, seed=seed, basis=basis)
+        return lanczos_top(operator, k, tol, max_iter, seed=seed, basis=basis, start=start)
+    if start is not None:
+        raise UserError("a start vector is for Lanczos; power iteration starts from a random vector")
     return power_top(operator, k, tol, max_iter, seed=seed)
 
 

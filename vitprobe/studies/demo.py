@@ -76,6 +76,28 @@ def sharpness_facts(out: Path) -> list[str]:
     return lines
 
 
+def _last_tracked(frame: pd.DataFrame | None) -> dict[str, float]:
+    """Per model, lambda_1 at the last step ``vitprobe track`` measured."""
+    if frame is None:
+        return {}
+    rows = frame[frame["metric"] == "lambda_1"].sort_values("step", kind="stable")
+    return {model: float(group["value"].iloc[-1]) for model, group in rows.groupby("model", sort=False)}
+
+
+def track_facts(out: Path) -> list[str]:
+    frame = _read(out, "track")
+    if frame is None:
+        return ["sharpness while training: not measured (no track.csv)"]
+    lines = ["lambda_1 while training (vitprobe track; first -> largest -> last check, 2/lr at the last):"]
+    for model, group in frame[frame["metric"] == "lambda_1"].groupby("model", sort=False):
+        group = group.sort_values("step", kind="stable")
+        lines.append(f"  {model}: {group['value'].iloc[0]:.4g} -> {group['value'].max():.4g} -> "
+                     f"{group['value'].iloc[-1]:.4g} over {int(group['step'].iloc[-1])} steps "
+                     f"(2/lr {group['eos_threshold'].iloc[-1]:.4g}); {int(group['hvps'].sum())} HVPs in "
+                     f"{len(group)} warm-started checks")
+    return lines
+
+
 def attention_facts(out: Path) -> list[str]:
     frame = _read(out, "attention")
     if frame is None:
@@ -135,6 +157,18 @@ def literature_claims(out: Path) -> list[str]:
         lines.append(_claim(f"SAM finds flatter minima ({base.split(':')[1]})", "Foret et al. 2020; "
                             "Chen, Hsieh & Gong 2021", leading[sam] < leading[base] if known else None,
                             f"lambda_1 {leading[base]:.4g} -> {leading[sam]:.4g}" if known else ""))
+    tracked = _last_tracked(_read(out, "track"))
+    vit, resnet = tracked.get("demo:vit"), tracked.get("demo:resnet")
+    lines.append(_claim("ViTs are sharper than ResNets, tracked while training", "Chen, Hsieh & Gong 2021",
+                        None if vit is None or resnet is None else vit > resnet,
+                        "" if vit is None or resnet is None else
+                        f"lambda_1 at the last tracked step {vit:.4g} vs {resnet:.4g}"))
+    for base, sam in SAM_TWINS:
+        known = base in tracked and sam in tracked
+        lines.append(_claim(f"SAM trains to a flatter point ({base.split(':')[1]}, tracked)", "Foret et al. 2020",
+                            tracked[sam] < tracked[base] if known else None,
+                            f"lambda_1 at the last tracked step {tracked[base]:.4g} (AdamW) vs "
+                            f"{tracked[sam]:.4g} (SAM)" if known else ""))
     for model, layers in _per_layer(_read(out, "attention"), "mean_attention_distance").items():
         lines.append(_claim(f"attention distance grows with depth ({model})", "Dosovitskiy et al. 2020, "
                             "Fig. 7", layers[-1] > layers[0], f"{layers[0]:.1f} px first layer, "
@@ -185,7 +219,7 @@ def literature_claims(out: Path) -> list[str]:
 
 
 FACTS: tuple[Callable[[Path], list[str]], ...] = (
-    accuracy_facts, sharpness_facts, attention_facts, receptive_field_facts, literature_claims)
+    accuracy_facts, sharpness_facts, track_facts, attention_facts, receptive_field_facts, literature_claims)
 
 
 def findings(out: Path, outcomes: list[Outcome]) -> list[str]:

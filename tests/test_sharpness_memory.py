@@ -60,6 +60,29 @@ def test_out_of_memory_drops_kept_graphs_then_halves_the_batches():
         HessianOperator(hopeless, _data())
 
 
+def test_a_budget_below_one_batchs_graph_splits_the_batches_before_building_them(tiny_vit, tiny_batches):
+    """On a CPU nothing raises out-of-memory: the split is decided from the graph size measured on
+    one and two images, and the product is the unsplit one. A budget that holds every graph keeps
+    them (control)."""
+    roomy = HessianOperator(tiny_vit, tiny_batches, memory_budget=1e12)
+    fixed, per_image = roomy.memory["graph_bytes_fixed"], roomy.memory["graph_bytes_per_image"]
+    assert roomy.keep_graphs is True and roomy.micro_batch is None and per_image > 0
+    tight = HessianOperator(tiny_vit, tiny_batches, memory_budget=fixed + 2.5 * per_image)
+    assert tight.keep_graphs is False and tight.micro_batch == 2
+    assert tight.choices["micro_batch_from"] == "estimated graph size"
+    assert max(len(x) for x, _ in tight.batches) == 2
+    v = torch.randn(roomy.size, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(tight.matvec(v), roomy.matvec(v), rtol=1e-4, atol=1e-6)
+    # the estimate is the size of a real graph: a batch of 4 saves about fixed + 4 per image
+    from vitprobe.sharpness.loss import analysis_mode
+    from vitprobe.sharpness.operator import _SavedBytes
+
+    x, y = tiny_batches[0]
+    with analysis_mode(tiny_vit), _SavedBytes() as counter:
+        roomy._weighted_grad((x[:4], y[:4]), create_graph=True)
+    assert counter.bytes == pytest.approx(fixed + 4 * per_image, rel=0.02)
+
+
 def test_a_basis_on_the_host_gives_the_same_eigenvalues(tiny_vit, tiny_batches):
     device = hessian_spectrum(tiny_vit, tiny_batches, k=3, tol=1e-6, basis="device")
     host = hessian_spectrum(tiny_vit, tiny_batches, k=3, tol=1e-6, basis="host")

@@ -125,6 +125,9 @@ class SharpnessOptions(SharedOptions):
              "--num-images images each (K x N images in all), as mean, std and a 95%% interval, "
              "and a figure of lambda_1 against the number of images; the comparison figure then "
              "shows each model's lambda_1 with that interval", metavar="K")
+    memory_budget: float | None = option(help="GB the gradient graphs may take (default: half of the free "
+                                               "memory): decides kept graphs and images per backward",
+                                          metavar="GB")
     micro_batch: int | None = option(help="images per backward in Hessian-vector products "
                                           "(default: the batch; halved on a CUDA out-of-memory "
                                           "error until it fits)", metavar="M")
@@ -155,6 +158,8 @@ class SharpnessOptions(SharedOptions):
         for name, (value, least) in counts.items():
             if value < least:
                 raise UserError(f"{name} must be at least {least}, got {value}")
+        if self.memory_budget is not None and not (math.isfinite(self.memory_budget) and self.memory_budget > 0):
+            raise UserError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise UserError(f"--micro-batch must be at least 1, got {self.micro_batch}")
         if self.subsets is not None and self.subsets < 2:
@@ -205,7 +210,8 @@ def run(ctx: RunContext[SharpnessOptions]) -> None:
             extra = _labels(model)
             ctx.log(f"sharpness: {model.label} on {data.num_images} images")
             operator = HessianOperator(model, data, params=args.params, keep_graphs=keep,
-                                       micro_batch=args.micro_batch, allow_tf32=args.allow_tf32)
+                                       micro_batch=args.micro_batch, allow_tf32=args.allow_tf32,
+                                       memory_budget=args.memory_budget * 1e9 if args.memory_budget else None)
             spectrum = spectrum_of(operator, k=args.top_k, tol=args.tol, method=cast(Method, args.method),
                                    max_iter=args.max_iter, seed=args.seed, basis=args.basis)
             ctx.choices[model.label] = spectrum.choices

@@ -6,9 +6,12 @@ g = grad(L, w, create_graph=True), then Hv = grad(g, w, grad_outputs=v). When me
 per-batch gradient graphs are kept after the first pass, so each product costs one extra backward
 instead of a forward, a backward and a double backward per batch.
 
-Memory degrades instead of failing: kept graphs are used only when they fit ("auto"); on a CUDA
-out-of-memory error the operator drops them and recomputes per batch, and when one batch is still
-too large it splits the batches (``micro_batch`` images per backward, halved until it fits): the
+Memory degrades instead of failing. Before anything large is built, the graphs of one and two
+images give the bytes a graph saves (fixed and per image); against the budget (half of the free
+memory, or ``memory_budget``) that decides whether every batch's graph is kept ("auto") and, when
+one batch's graph would not fit, how many images go into each backward (``micro_batch``): a CPU
+has no out-of-memory error to recover from. On a CUDA out-of-memory error the operator still
+drops the kept graphs and recomputes per batch, then halves the batches until they fit. The
 Hessian of the mean loss does not depend on how the images are batched (BatchNorm is in eval
 mode). Second-order work runs in float32 with TF32 matmuls off unless ``allow_tf32``. What was
 chosen is in ``choices`` (the command writes it to the run's JSON).
@@ -49,9 +52,12 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module | LoadedModel, data: DataLike, loss_fn: LossFn | None = None,
                  params: ParamFilter = None, keep_graphs: KeepGraphs = "auto",
-                 micro_batch: int | None = None, allow_tf32: bool = False) -> None:
+                 micro_batch: int | None = None, allow_tf32: bool = False,
+                 memory_budget: float | None = None) -> None:
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
+        if memory_budget is not None and not memory_budget > 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         self.loaded = as_loaded(model)
         self.module = self.loaded.module
         self.loss_fn = loss_fn or cross_entropy
@@ -68,6 +74,8 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         self.device = module_device(self.module)
         self.hvps = 0
+        self.memory_budget = memory_budget
+        self.memory: dict = {}
         self._kept: list[torch.Tensor] | None = None
         self._kept_params: list[torch.Tensor] = []
         self._keep_request = keep_graphs
@@ -77,7 +85,7 @@ class HessianOperator:
     def choices(self) -> dict:
         """How the products are computed: kept graphs, images per backward, TF32."""
         return {"keep_graphs": self.keep_graphs, "micro_batch": self.micro_batch,
-                "allow_tf32": self.allow_tf32, "device": str(self.device)}
+                "allow_tf32": self.allow_tf32, "device": str(self.device), **self.memory}
 
     def _split(self, batches: Sequence) -> list:
         """The batches re-cut to ``micro_batch`` images at most (each keeps its images' order)."""
@@ -134,23 +142,53 @@ class HessianOperator:
         with torch.no_grad():
             return batch_loss(self.module, batch, self.loss_fn, self.device) * int(batch[0].shape[0])
 
+    def _graph_bytes(self) -> tuple[float, float]:
+        """(fixed, per image) bytes that one batch's double-backward graph saves, from graphs of
+        one and two images of the first batch: what a larger batch would need, found before
+        building it (a CPU has no out-of-memory error to fall back on). The probes' graphs are
+        freed at once; they are built inside Python saved-tensor hooks, and a kept graph whose
+        nodes hold such hooks crashes the process when it is freed at interpreter exit."""
+        images, labels = self.batches[0]
+        sizes = [n for n in (1, 2) if n <= len(images)]
+        counts = []
+        for n in sizes:
+            with _SavedBytes() as counter:
+                self._weighted_grad((images[:n], labels[:n]), create_graph=True)
+            counts.append(float(counter.bytes))
+        if len(counts) == 1:
+            return 0.0, counts[0]
+        per_image = max(counts[1] - counts[0], 1.0)
+        return max(counts[0] - per_image, 0.0), per_image
+
+    def _plan_memory(self, keep_graphs: KeepGraphs) -> bool:
+        """Whether to keep every batch's graph, and (unless ``micro_batch`` was given) the most
+        images per backward that fit: decided from :meth:`_graph_bytes` against the budget (half
+        of the free memory unless ``memory_budget``), recorded in ``choices``."""
+        if keep_graphs is False and (self.micro_batch is not None or self.device.type == "cuda"):
+            return False  # nothing to decide: CUDA degrades on its out-of-memory error
+        budget = self.memory_budget or MEMORY_FRACTION * _free_memory(self.device)
+        fixed, per_image = self._graph_bytes()
+        local_images = sum(len(x) for x, _ in self.batches)
+        keep = keep_graphs is True or (keep_graphs == "auto" and fixed + per_image * local_images < budget)
+        largest = max(len(x) for x, _ in self.batches)
+        fits = max(1, int((budget - fixed) // per_image))
+        self.memory = {"graph_bytes_per_image": round(per_image), "graph_bytes_fixed": round(fixed),
+                       "memory_budget_bytes": round(budget)}
+        if not keep and self.micro_batch is None and largest > fits:
+            self.micro_batch = fits
+            self.batches = self._split(self.batches)
+            self.memory["micro_batch_from"] = "estimated graph size"
+        return keep
+
     def _build(self, keep_graphs: KeepGraphs) -> bool:
         """One pass over the data: the mean loss (checked finite) and, if kept, the graphs."""
         if keep_graphs not in ("auto", True, False):
             raise ValueError(f"keep_graphs must be 'auto', True or False, not {keep_graphs!r}")
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         kept = [torch.zeros((), dtype=self.dtype, device=self.device) for _ in self.params]
-        keep = keep_graphs is not False
         with analysis_mode(self.module):
-            for index, batch in enumerate(self.batches):
-                if keep and index == 0 and keep_graphs == "auto":
-                    # measure the first batch's graph, then build it again outside the Python
-                    # saved-tensor hooks: a kept graph whose nodes hold Python hooks is freed at
-                    # interpreter exit, after Python is gone, and crashes the process
-                    with _SavedBytes() as counter:
-                        self._weighted_grad(batch, create_graph=True)
-                    estimate = counter.bytes * len(self.batches)
-                    keep = estimate < MEMORY_FRACTION * _free_memory(self.device)
+            keep = self._plan_memory(keep_graphs)
+            for batch in self.batches:
                 if keep:
                     loss, grads = self._weighted_grad(batch, create_graph=True)
                 else:

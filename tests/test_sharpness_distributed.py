@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+from torchrun import two_ranks
 
 SCRIPT = textwrap.dedent('''
     import json, sys
@@ -49,14 +47,7 @@ SCRIPT = textwrap.dedent('''
 def test_two_torchrun_processes_equal_one_process(tmp_path: Path):
     script = tmp_path / "sharded_sharpness.py"
     script.write_text(SCRIPT)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path / "sharded")], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=240)
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    two_ranks(script, str(tmp_path / "sharded"), timeout=240)
     ranks = [json.loads((tmp_path / f"sharded.{r}.json").read_text()) for r in (0, 1)]
     spec = importlib.util.spec_from_file_location("sharded_sharpness", script)
     module = importlib.util.module_from_spec(spec)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -67,3 +67,43 @@ def shard(items: Sequence[T]) -> list[T]:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def map_batches(work: Callable[[Any, int, int], T], batches: Sequence[Any]) -> list[T]:
+    """``work(batch, index, offset)`` for every batch (``offset``: the images before it), in batch
+    order. Under ``torchrun`` each rank works on every ``world_size``-th batch and the outputs
+    (moved to the CPU) are gathered on every rank, so what an analysis computes from them is the
+    single-process computation, summation order included. An error on any rank is raised on
+    every rank (instead of leaving the others waiting in the gather)."""
+    offsets = [0]
+    for index in range(len(batches) - 1):
+        offsets.append(offsets[-1] + len(batches[index][0]))  # batches are (images, ...) tuples
+    mine: list[tuple[int, Any]] = []
+    failure: BaseException | None = None
+    for index in range(rank(), len(batches), world_size()):
+        try:
+            mine.append((index, work(batches[index], index, offsets[index])))
+        except Exception as error:
+            if not is_distributed():
+                raise
+            failure = error
+            break
+    if not is_distributed():
+        return [output for _, output in mine]
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, (failure, [(i, _on_cpu(out)) for i, out in mine] if failure is None else []))
+    for raised, _ in parts:
+        if raised is not None:
+            raise raised
+    return [output for _, output in sorted((item for _, items in parts for item in items), key=lambda p: p[0])]
+
+
+def _on_cpu(value: Any) -> Any:
+    """Tensors inside ``value`` (tuples, lists, dicts) moved to the CPU, for gathering."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_on_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    return value

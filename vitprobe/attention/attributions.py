@@ -22,9 +22,10 @@ import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
-from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
+from vitprobe import distributed
+from vitprobe.attention.inputs import ImagesLike, Target, on_device, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
-from vitprobe.data.batches import spatial_size
+from vitprobe.data.batches import Batch, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.attention_sites import mha_math_path
 from vitprobe.models.loaded import LoadedModel
@@ -118,9 +119,12 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         with mha_math_path():
             return loaded.logits(module(images))
 
-    maps, targets, offset, resolved = [], [], 0, {}
+    resolved = {}
     input_size = spatial_size(batches[0][0])
-    for images, labels in device_batches(loaded, batches):
+
+    def attributed(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, np.ndarray, dict]:
+        images, labels = on_device(loaded, batch)
+        chosen_layer = {}
         with torch.no_grad():
             chosen = resolve_targets(target, labels, forward(images), offset)
         if method != "gradcam":
@@ -132,10 +136,11 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         elif method == "saliency":
             attr = Saliency(forward).attribute(images, target=chosen, abs=True).amax(1, keepdim=True)
         else:
-            attr, resolved["layer"] = _gradcam(forward, vit_stage, loaded, layer, images, chosen)
-        maps.append(attr.detach().float().cpu())
-        targets.append(chosen.cpu().numpy())
-        offset += len(images)
+            attr, chosen_layer["layer"] = _gradcam(forward, vit_stage, loaded, layer, images, chosen)
+        return attr.detach().float().cpu(), chosen.cpu().numpy(), chosen_layer
+
+    maps, targets, layers = zip(*distributed.map_batches(attributed, batches))
+    resolved.update(layers[0])
     return SaliencyResult(model=loaded.label, images=batches.num_images, method=method.replace("-", "_"),
                           maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
                           targets=np.concatenate(targets), options=resolved)

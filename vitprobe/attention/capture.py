@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.data.batches import spatial_size
+from vitprobe import distributed
+from vitprobe.attention.inputs import ImagesLike, on_device, prepared
+from vitprobe.data.batches import Batch, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.attention_sites import AttentionModel, SiteListener, ToAttentionGrad, mha_math_path
 from vitprobe.models.loaded import LoadedModel
@@ -181,18 +182,20 @@ def attention_maps(model: nn.Module | LoadedModel, data: ImagesLike, *,
     amodel = loaded.attention
     chosen_layers = select(layers, amodel.num_layers, "layer")
     chosen_heads = select(heads, amodel.num_heads, "head")
-    per_batch: list[np.ndarray] = []
     layout = amodel.layout(spatial_size(batches[0][0]))
-    for images, _ in device_batches(loaded, batches):
+
+    def captured(batch: Batch, index: int, offset: int) -> np.ndarray:
         kept: dict[int, torch.Tensor] = {}
 
         def keep(layer: int, attention: torch.Tensor) -> None:
             if layer in chosen_layers:
                 kept[layer] = attention[:, chosen_heads].float().cpu()
 
-        recording = AttentionCapture(amodel, keep).run(images)
+        recording = AttentionCapture(amodel, keep).run(on_device(loaded, batch)[0])
         if recording.layout != layout:
             raise UserError("attention_maps needs images of one size (one token layout)")
-        per_batch.append(torch.stack([kept[layer] for layer in chosen_layers]).numpy())
+        return torch.stack([kept[layer] for layer in chosen_layers]).numpy()
+
+    per_batch = distributed.map_batches(captured, batches)
     return AttentionMapsResult(model=loaded.label, images=batches.num_images, layers=chosen_layers, heads=chosen_heads,
                          layout=layout, weights=np.concatenate(per_batch, axis=1))

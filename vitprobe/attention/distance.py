@@ -24,9 +24,10 @@ import torch
 from scipy import stats
 from torch import nn
 
+from vitprobe import distributed
 from vitprobe.attention.capture import AttentionCapture
-from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
-from vitprobe.data.batches import spatial_size
+from vitprobe.attention.inputs import ImagesLike, on_device, prepared
+from vitprobe.data.batches import Batch, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.token_layout import TokenLayout
@@ -129,9 +130,10 @@ def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike, *,
     a Student-t ``confidence`` interval over images and the uniform-attention baseline."""
     loaded, batches = prepared(model, data)
     amodel = loaded.attention
-    raw_parts, renorm_parts = [], []
     layout = amodel.layout(spatial_size(batches[0][0]))
-    for images, _ in device_batches(loaded, batches):
+
+    def distances_of(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = on_device(loaded, batch)[0]
         if amodel.layout(spatial_size(images)) != layout:
             raise UserError("mean_attention_distance needs images of one size (one patch grid)")
         distances = patch_distances(layout.grid, layout.patch_size)
@@ -143,8 +145,9 @@ def mean_attention_distance(model: nn.Module | LoadedModel, data: ImagesLike, *,
             raw[:, layer], renorm[:, layer] = layer_raw.cpu(), layer_renorm.cpu()
 
         AttentionCapture(amodel, measure).run(images)
-        raw_parts.append(raw)
-        renorm_parts.append(renorm)
+        return raw, renorm
+
+    raw_parts, renorm_parts = zip(*distributed.map_batches(distances_of, batches))
     return AttentionDistanceResult(model=loaded.label, images=batches.num_images, layout=layout,
                              raw=torch.cat(raw_parts).numpy(), renormalised=torch.cat(renorm_parts).numpy(),
                              baseline=uniform_baseline(layout.grid, layout.patch_size),

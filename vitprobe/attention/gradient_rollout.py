@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitprobe import distributed
 from vitprobe.attention.capture import AttentionCapture, attention_gradients, select
-from vitprobe.attention.inputs import ImagesLike, Target, device_batches, prepared, resolve_targets
+from vitprobe.attention.inputs import ImagesLike, Target, on_device, prepared, resolve_targets
 from vitprobe.attention.maps import SaliencyResult
 from vitprobe.attention.rollout import token_maps
-from vitprobe.data.batches import spatial_size
+from vitprobe.data.batches import Batch, spatial_size
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.outputs import logits as output_logits
 from vitprobe.result import analysis
@@ -56,8 +57,9 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, target
     start = select([start_layer], amodel.num_layers, "layer")[0]
     input_size = spatial_size(batches[0][0])
     sources = amodel.layout(input_size).sources(source)
-    maps, targets, offset = [], [], 0
-    for images, labels in device_batches(loaded, batches):
+
+    def relevance_maps(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, np.ndarray]:
+        images, labels = on_device(loaded, batch)
         attentions: dict[int, torch.Tensor] = {}
         capture = AttentionCapture(amodel, attentions.__setitem__, keep_for_gradients=True)
         with torch.enable_grad():
@@ -70,9 +72,9 @@ def gradient_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, target
         relevance = gradient_rollout_matrix([attentions[i] for i in layers],
                                             [gradients[i].detach() for i in layers], start)
         tokens = [recording.layout.source_index(name) for name in sources]
-        maps.append(token_maps(relevance[:, tokens], recording.layout).float().cpu())
-        targets.append(chosen.cpu().numpy())
-        offset += len(images)
+        return token_maps(relevance[:, tokens], recording.layout).float().cpu(), chosen.cpu().numpy()
+
+    maps, targets = zip(*distributed.map_batches(relevance_maps, batches))
     return SaliencyResult(model=loaded.label, images=batches.num_images, method="grad_rollout",
                           maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,
                           targets=np.concatenate(targets), options={"start_layer": start})

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
-from vitprobe.data.batches import Batches, DataLike, as_batches
+from vitprobe.data.batches import Batch, Batches, DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
 
@@ -19,11 +17,10 @@ def prepared(model: nn.Module | LoadedModel, data: ImagesLike) -> tuple[LoadedMo
     return as_loaded(model), as_batches(data)
 
 
-def device_batches(loaded: LoadedModel, batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Each batch moved to the model's device."""
+def on_device(loaded: LoadedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's images and labels on the model's device."""
     device = module_device(loaded.module)
-    for images, labels in batches:
-        yield images.to(device), labels.to(device)
+    return batch[0].to(device), batch[1].to(device)
 
 
 Target = int | str | torch.Tensor | None

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from vitprobe import distributed
 from vitprobe.attention.maps import SaliencyResult
 from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
@@ -156,8 +157,9 @@ def map_quality(model: nn.Module | LoadedModel, data: DataLike, *, maps: Salienc
     chunk = len(batches[0][0])  # the data's batch size
     with eval_mode(loaded.module), torch.inference_mode():
         def run(batch: torch.Tensor) -> torch.Tensor:
-            return torch.cat([logits(loaded.module(part.to(device))).float().cpu()
-                              for part in batch.split(chunk)])
+            parts = [(part,) for part in batch.split(chunk)]
+            return torch.cat(distributed.map_batches(
+                lambda part, index, offset: logits(loaded.module(part[0].to(device))).float().cpu(), parts))
 
         clean = run(images)
         targets = torch.as_tensor(maps.targets, dtype=torch.long)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitprobe import distributed
 from vitprobe.attention.capture import AttentionCapture, select
-from vitprobe.attention.inputs import ImagesLike, device_batches, prepared
+from vitprobe.attention.inputs import ImagesLike, on_device, prepared
 from vitprobe.attention.maps import SaliencyResult
-from vitprobe.data.batches import spatial_size
+from vitprobe.data.batches import Batch, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.models.outputs import logits as output_logits
@@ -139,8 +140,9 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, head_
         raise UserError(f"the discard ratio must be in [0, 1), got {discard_ratio}")
     input_size = spatial_size(batches[0][0])
     sources = amodel.layout(input_size).sources(source)
-    maps, targets = [], []
-    for images, _ in device_batches(loaded, batches):
+
+    def rolled_out(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, np.ndarray]:
+        images = on_device(loaded, batch)[0]
         layout = amodel.layout(spatial_size(images))
         accumulated = Rollout(head_fusion, discard_ratio, layout.num_prefix_tokens)
 
@@ -150,8 +152,10 @@ def attention_rollout(model: nn.Module | LoadedModel, data: ImagesLike, *, head_
 
         recording = AttentionCapture(amodel, accumulate).run(images)
         tokens = [layout.source_index(name) for name in sources]
-        maps.append(token_maps(accumulated.rows(tokens), layout).float().cpu())
-        targets.append(predictions(recording.output, len(images)))
+        return (token_maps(accumulated.rows(tokens), layout).float().cpu(),
+                predictions(recording.output, len(images)))
+
+    maps, targets = zip(*distributed.map_batches(rolled_out, batches))
     return SaliencyResult(model=loaded.label, images=batches.num_images, method="rollout",
                           maps=torch.cat(maps).numpy(), sources=sources, input_size=input_size,
                           targets=np.concatenate(targets), options={"start_layer": start})

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe import distributed
+from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.errors import UserError, require_finite
 from vitprobe.evaluation.calibration import expected_calibration_error
 from vitprobe.evaluation.intervals import bootstrap_interval, wilson_interval
@@ -117,20 +118,22 @@ def evaluate(
             "class or the embedded 'shapes' data")
     module = loaded.module
     device = module_device(module)
-    losses, confidences, ranks = [], [], []
+
+    def scored(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Per image: the loss, the top-1 confidence and the rank of the true class (how many
+        logits are strictly larger)."""
+        images, labels = batch[0].to(device), batch[1].to(device)
+        logits = output_logits(module(images)).float()
+        if not bool(torch.isfinite(logits).all()):
+            require_finite(float("nan"), f"{loaded.label}'s output")
+        check_labels(logits, labels)
+        target = logits.gather(1, labels[:, None])
+        return (F.cross_entropy(logits, labels, reduction="none").cpu(), logits.softmax(-1).amax(-1).cpu(),
+                (logits > target).sum(1).cpu(), int(logits.shape[-1]))
+
     with eval_mode(module):
-        for images, labels in batches:
-            images, labels = images.to(device), labels.to(device)
-            logits = output_logits(module(images)).float()
-            if not bool(torch.isfinite(logits).all()):
-                require_finite(float("nan"), f"{loaded.label}'s output")
-            num_classes = logits.shape[-1]
-            check_labels(logits, labels)
-            losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
-            confidences.append(logits.softmax(-1).amax(-1).cpu())
-            # rank of the true class: how many logits are strictly larger
-            target = logits.gather(1, labels[:, None])
-            ranks.append((logits > target).sum(1).cpu())
+        losses, confidences, ranks, classes = zip(*distributed.map_batches(scored, batches))
+    num_classes = classes[0]
     rank = torch.cat(ranks).numpy()
     kept = [k for k in top_k if k < num_classes]
     return EvaluationResult(

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprobe.data.batches import DataLike, as_batches, spatial_size
+from vitprobe import distributed
+from vitprobe.data.batches import Batch, DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.features.taps import spatial, taps
 from vitprobe.models.loaded import LoadedModel, as_loaded, feature_layers
@@ -99,18 +100,24 @@ def feature_frequency(model: nn.Module | LoadedModel, data: DataLike, *,
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     with eval_mode(loaded.module), taps(loaded, names) as outputs:
-        for images, _ in batches:
+        def amplitude_sums(batch: Batch, index: int, offset: int) -> dict[str, tuple[torch.Tensor, int]]:
+            """Per layer: the summed log amplitude of the batch's maps, and how many maps."""
             with torch.inference_mode():
-                loaded.module(images.to(module_device(loaded.module)))
+                loaded.module(batch[0].to(module_device(loaded.module)))
+            summed = {}
             for name in names:
                 maps = spatial(loaded, outputs[name], size, name)
                 if maps.shape[-1] != maps.shape[-2] or maps.shape[-1] < 2:
                     raise UserError(f"layer {name!r} of {loaded.label} has {maps.shape[-2]}x"
                                     f"{maps.shape[-1]} maps: the frequency analysis needs square "
                                     "maps of at least 2x2")
-                total = log_amplitude(maps).sum(dim=(0, 1)).cpu()
+                summed[name] = (log_amplitude(maps).sum(dim=(0, 1)).cpu(), maps.shape[0] * maps.shape[1])
+            return summed
+
+        for summed in distributed.map_batches(amplitude_sums, batches):
+            for name, (total, count) in summed.items():
                 sums[name] = total if name not in sums else sums[name] + total
-                counts[name] += maps.shape[0] * maps.shape[1]
+                counts[name] += count
     amplitudes = [relative_log_amplitude(sums[n] / counts[n]).numpy() for n in names]
     grids = [spatial_size(sums[n]) for n in names]
     frequencies = [np.arange(len(a)) / (g[0] / 2) for a, g in zip(amplitudes, grids)]

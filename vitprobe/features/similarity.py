@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitprobe import distributed
 from vitprobe.data.batches import DataLike, as_batches, spatial_size
 from vitprobe.errors import UserError
 from vitprobe.features.taps import taps
@@ -124,19 +125,28 @@ def layer_similarity(
     self_rows = torch.zeros(len(rows), dtype=torch.float64)
     self_columns = torch.zeros(len(columns), dtype=torch.float64)
     used, skipped = 0, 0
+
+    def hsic_terms(pair: tuple, index: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The batch's unbiased HSIC of each row layer with itself, of each pair, and of each
+        column layer with itself; None for a batch too small for the estimator."""
+        (images, _), (other_images, _) = pair
+        if images.shape[0] < SMALLEST_BATCH:
+            return None
+        K = _grams(first, images, rows)
+        L = K if second is first and columns == rows else _grams(second, other_images, columns)
+        return (torch.stack([unbiased_hsic(k, k).cpu() for k in K]),
+                torch.stack([torch.stack([unbiased_hsic(k, l).cpu() for l in L]) for k in K]),
+                torch.stack([unbiased_hsic(l, l).cpu() for l in L]))
+
     with eval_mode(first.module, second.module):
-        for (images, _), (other_images, _) in zip(batches, second_batches):
-            if images.shape[0] < SMALLEST_BATCH:
-                skipped += int(images.shape[0])
+        pairs = list(zip(batches, second_batches))
+        for pair, terms in zip(pairs, distributed.map_batches(hsic_terms, pairs)):
+            if terms is None:
+                skipped += int(pair[0][0].shape[0])
                 continue
-            K = _grams(first, images, rows)
-            L = K if second is first and columns == rows else _grams(second, other_images, columns)
-            for i, k in enumerate(K):
-                self_rows[i] += unbiased_hsic(k, k).cpu()
-                for j, l in enumerate(L):
-                    cross[i, j] += unbiased_hsic(k, l).cpu()
-            for j, l in enumerate(L):
-                self_columns[j] += unbiased_hsic(l, l).cpu()
+            self_rows += terms[0]
+            cross += terms[1]
+            self_columns += terms[2]
             used += 1
     if used == 0:
         raise UserError(f"CKA needs batches of at least {SMALLEST_BATCH} images")

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitprobe import distributed
 from vitprobe.data import rgb_pixels, to_channels
-from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.data.batches import Batch, DataLike, as_batches
 from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import eval_mode, module_device
@@ -128,19 +129,24 @@ def corruption_accuracy(model: nn.Module | LoadedModel, data: DataLike, *,
         raise UserError("corruption accuracy needs labelled data (a class-folder dataset or shapes)")
     device = module_device(loaded.module)
     corruptions, severities = list(corruptions), list(severities)
-    correct = np.zeros((len(corruptions), len(severities)))
-    clean = 0
+
+    def counted(batch: Batch, number: int, offset: int) -> tuple[int, np.ndarray]:
+        """The batch's correct predictions clean and under each corruption and severity."""
+        images, labels = batch[0], batch[1].to(device)
+        clean = int((logits(loaded.module(images.to(device))).argmax(-1) == labels).sum())
+        correct = np.zeros((len(corruptions), len(severities)))
+        pixels = _pixels(images, loaded)
+        for i, corruption in enumerate(corruptions):
+            for j, severity in enumerate(severities):
+                corrupted = corrupt_images(pixels, corruption, severity, seed=_seed(seed, number, i, j))
+                inputs = _normalised(corrupted, loaded, images).to(device)
+                correct[i, j] = int((logits(loaded.module(inputs)).argmax(-1) == labels).sum())
+        return clean, correct
+
     with eval_mode(loaded.module), torch.inference_mode():
-        for number, (images, labels) in enumerate(batches):
-            labels = labels.to(device)
-            clean += int((logits(loaded.module(images.to(device))).argmax(-1) == labels).sum())
-            pixels = _pixels(images, loaded)
-            for i, corruption in enumerate(corruptions):
-                for j, severity in enumerate(severities):
-                    corrupted = corrupt_images(pixels, corruption, severity,
-                                               seed=_seed(seed, number, i, j))
-                    inputs = _normalised(corrupted, loaded, images).to(device)
-                    correct[i, j] += int((logits(loaded.module(inputs)).argmax(-1) == labels).sum())
+        counts = distributed.map_batches(counted, batches)
+    clean = sum(c for c, _ in counts)
+    correct = np.sum([c for _, c in counts], axis=0)
     total = batches.num_images
     return CorruptionResult(model=loaded.label, images=total, corruptions=corruptions,
                             severities=severities, clean_accuracy=clean / total,

@@ -178,16 +178,23 @@ def track_figure(results: Sequence[TrackResult]) -> Figure:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5.2, 3.6))
-    values = []
+    values, thresholds = [], []
     for index, result in enumerate(results):
         colour = f"C{index}"
         axis.plot(result.steps, result.lambda_1, marker="o", markersize=3, color=colour, label=result.model)
         threshold = [2 / lr if lr > 0 else np.nan for lr in result.learning_rates]
         if np.isfinite(threshold).any():
             axis.plot(result.steps, threshold, linestyle="--", linewidth=1, color=colour, alpha=0.6)
+            thresholds.append(np.nanmin(threshold))
         values += [v for v in result.lambda_1 if v > 0]
-    if values and max(values) > 10 * min(values):
-        axis.set_yscale("log")
+    if values:
+        # the lambda_1 curves set the view; 2/lr is drawn as far as it is near them (a decaying
+        # learning rate sends it off to infinity)
+        top = max(max(values), min(thresholds, default=0.0))
+        log = top > 10 * min(values)
+        if log:
+            axis.set_yscale("log")
+        axis.set_ylim(min(values) / 1.5 if log else 0, top * (2 if log else 1.15))
     axis.set_xlabel("training step")
     axis.set_ylabel(r"$\lambda_1$ of the training loss")
     axis.set_title(r"dashed: $2/\mathrm{lr}$ (edge of stability of gradient descent)", fontsize=9)

@@ -42,7 +42,7 @@ ANALYSES = ("evaluate", "throughput", "sharpness", "attention", "receptive-field
 STUDY_KEYS = ("name", "description", "models", "data", "data_env", "data_help", "train_data",
               "train_data_env", "train_data_help", "gallery")
 # the analyses the papers measure on training data (Keskar et al., Li et al., Foret et al., Chen et al.)
-TRAINING_ANALYSES = ("sharpness", "landscape")
+TRAINING_ANALYSES = ("sharpness", "landscape", "track")
 SHARED_KEYS = ("num_images", "batch_size", "seed", "device", "format", "allow_download")
 # a recipe is a file people share: unpickling code is allowed from the command line only
 COMMAND_LINE_ONLY = ("trust_checkpoint",)

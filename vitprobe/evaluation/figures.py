@@ -8,19 +8,28 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from vitprobe.evaluation.calibration import reliability_table  # noqa: E402
 from vitprobe.evaluation.evaluate import EvaluationResult  # noqa: E402
+from vitprobe.evaluation.intervals import wilson_interval  # noqa: E402
 
 
 def reliability_figure(results: Sequence[EvaluationResult]):
-    """One panel per model: bars of per-bin accuracy, the diagonal, and the ECE in the title."""
+    """One panel per model: bars of per-bin accuracy with its Wilson interval (binomial, over the
+    bin's images), the diagonal, and the ECE in the title."""
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
     for ax, result in zip(axes[0], results):
         table = reliability_table(result.confidences, result.correct[1], result.num_bins)
         width = table["high"] - table["low"]
         ax.bar(table["low"], table["accuracy"], width=width, align="edge",
                edgecolor="black", linewidth=0.5, label="accuracy")
+        filled = table["count"] > 0
+        bounds = np.array([wilson_interval(round(a * n), int(n), result.confidence_level)
+                           for a, n in zip(table["accuracy"][filled], table["count"][filled])]).reshape(-1, 2)
+        centres = (table["low"] + width / 2)[filled]
+        ax.errorbar(centres, table["accuracy"][filled], linestyle="none", color="black", capsize=2,
+                    linewidth=0.8, yerr=[table["accuracy"][filled] - bounds[:, 0], bounds[:, 1] - table["accuracy"][filled]])
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", aspect="equal",
                title=f"{result.model}\nECE {result.ece:.3f}, top-1 {result.accuracy(1):.3f}")

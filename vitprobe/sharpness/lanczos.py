@@ -261,12 +261,13 @@ def basis_on_host(size: int, steps: int, dtype: torch.dtype, device: torch.devic
 
 
 def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, seed: int = 0,
-                basis: str = "auto", start: torch.Tensor | None = None) -> Eigenpairs:
+                basis: str = "auto", start: torch.Tensor | None = None, min_steps: int = 1) -> Eigenpairs:
     """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with partial
     reorthogonalisation; stops when every wanted Ritz pair has ||H y - theta y|| / |theta| < tol.
     ``basis``: keep the Lanczos vectors on the device, on the host, or ("auto") on the host only
     when they would not fit on the GPU. ``start``: the first Lanczos vector (a warm start, such
-    as the previous eigenvector of a slowly changing operator; default a seeded random vector).
+    as the previous eigenvector of a slowly changing operator; default a seeded random vector);
+    ``min_steps``: products taken before the stopping test may end the run.
     """
     size, dtype, device, matvec = operator.shape[0], operator.dtype, operator.device, products(operator)
     if not 1 <= k <= size:
@@ -286,7 +287,7 @@ def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, 
     reached: list[int | None] = [None] * k
     while True:
         run.step()
-        if run.steps < k and not run.exhausted:
+        if run.steps < max(k, min_steps) and not run.exhausted:
             continue
         theta, s = run.ritz()
         top = np.argsort(theta)[::-1][:k]

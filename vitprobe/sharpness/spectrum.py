@@ -30,7 +30,7 @@ OPERATOR_METHODS = ("lanczos", "power")
 
 def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, method: str = "lanczos",
                max_iter: int = 100, seed: int = 0, basis: str = "auto",
-               start: torch.Tensor | None = None) -> Eigenpairs:
+               start: torch.Tensor | None = None, min_steps: int = 1) -> Eigenpairs:
     """The k largest eigenpairs of any symmetric operator (``shape``, ``dtype``, ``device``, ``@``:
     a :class:`HessianOperator`, a curvlinops GGN or Fisher operator, ...).
 
@@ -39,7 +39,9 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     iteration with deflation: the largest-*magnitude* eigenvalues; ``max_iter`` per eigenvalue).
     ``basis`` places Lanczos's vectors: "device", "host", or "auto" (the host when they would not
     fit on the GPU). ``start`` (Lanczos only): the first vector, e.g. the eigenvector of the
-    previous check of a slowly changing Hessian (:class:`SharpnessTracker` warm-starts so).
+    previous check of a slowly changing Hessian (:class:`SharpnessTracker` warm-starts so);
+    ``min_steps``: products to take before the stopping test may end the run (a warm start can
+    otherwise stop on a lower eigenvalue whose eigenvector it mostly holds).
     """
     if method not in OPERATOR_METHODS:
         raise UserError(f"unknown method {method!r}: choose one of {', '.join(OPERATOR_METHODS)}")
@@ -48,7 +50,7 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     if k > operator.shape[0]:
         raise UserError(f"k={k} is more than the {operator.shape[0]} rows of the operator")
     if method == "lanczos":
-        return lanczos_top(operator, k, tol, max_iter, seed=seed, basis=basis, start=start)
+        return lanczos_top(operator, k, tol, max_iter, seed=seed, basis=basis, start=start, min_steps=min_steps)
     if start is not None:
         raise UserError("a start vector is for Lanczos; power iteration starts from a random vector")
     return power_top(operator, k, tol, max_iter, seed=seed)

@@ -120,3 +120,25 @@ def test_the_gpu_benchmark_runs_its_smoke_version_on_the_cpu(tmp_path):
     for measure in ("lambda_1", "top-5", "Hutch++ trace", "lambda_1 with TF32", "PyHessian lambda_1",
                     "rollout maps/s", "gradcam maps/s", "3x3 landscape"):
         assert f"| {measure}" in table, measure
+
+
+class Enormous:
+    """An operator of 4 billion float64 parameters (32 GB a vector): never multiplied, since its
+    basis cannot fit on this machine."""
+
+    shape = (4_000_000_000, 4_000_000_000)
+    dtype = torch.float64
+    device = torch.device("cpu")
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("no product may be computed before the basis is known to fit")
+
+
+def test_a_basis_that_cannot_fit_is_refused_before_anything_is_allocated():
+    from vitprobe.errors import UserError
+    from vitprobe.sharpness import eigenpairs
+    from vitprobe.sharpness.memory import vectors_that_fit
+
+    assert vectors_that_fit(Enormous.shape[0], torch.float64, torch.device("cpu")) < 2
+    with pytest.raises(UserError, match=r"needs at least 2 vectors of 4,000,000,000 parameters \(64.0 GB\)"):
+        eigenpairs(Enormous(), k=1)

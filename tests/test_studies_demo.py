@@ -85,9 +85,9 @@ def test_the_shipped_demo_runs_every_analysis(tmp_path, capsys) -> None:
     from vitprobe.studies.demo import DEMO_RECIPE
 
     shipped = DEMO_RECIPE.read_text()
-    assert "steps = 600\nevery = 50\n" in shipped
+    assert "steps = 300\nevery = 25\n" in shipped
     recipe = tmp_path / "demo.toml"
-    recipe.write_text(shipped.replace("steps = 600\nevery = 50\n", "steps = 12\nevery = 6\n"))
+    recipe.write_text(shipped.replace("steps = 300\nevery = 25\n", "steps = 12\nevery = 6\n"))
     out = tmp_path / "demo"
     assert main(["demo", "--recipe", str(recipe), "--out", str(out), "--num-images", "8", "--quiet"]) == 0, \
         capsys.readouterr().err

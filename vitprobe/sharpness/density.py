@@ -24,6 +24,7 @@ from vitprobe.models.loaded import LoadedModel
 from vitprobe.result import analysis
 from vitprobe.sharpness.lanczos import Lanczos, SymmetricOperator, products
 from vitprobe.sharpness.loss import LossFn
+from vitprobe.sharpness.memory import vectors_that_fit
 from vitprobe.sharpness.operator import HessianOperator, KeepGraphs
 from vitprobe.sharpness.results import DensityResult
 from vitprobe.sharpness.vectors import ParamFilter, rademacher
@@ -86,18 +87,22 @@ class DensityEstimate:
     density: np.ndarray
     sigma: float
     hvps: int
+    reorthogonalised: bool = True  # False when asked, or when the basis would not fit in memory
 
 
 def spectral_density(operator: SymmetricOperator, *, num_probes: int = 4, max_iter: int = 48,
                      reorthogonalise: bool = True, sigma: float | None = None, grid_points: int = 1000,
                      seed: int = 0) -> DensityEstimate:
     """Spectral density of any symmetric operator by SLQ: ``num_probes`` Lanczos runs of ``max_iter``
-    steps. ``reorthogonalise=False`` keeps two Lanczos vectors instead of ``max_iter`` (for
-    operators whose vector times ``max_iter`` does not fit in memory)."""
+    steps. ``reorthogonalise=False`` keeps two Lanczos vectors instead of ``max_iter``; it is also
+    what runs when ``max_iter`` vectors would not fit in half the free memory (ViT-B/16: 344 MB a
+    vector), since ghost Ritz values do not bias the quadrature."""
     if num_probes < 1 or max_iter < 1:
         raise UserError(f"need num_probes >= 1 and max_iter >= 1 (got {num_probes}, {max_iter})")
     generator = torch.Generator().manual_seed(seed)
     steps = min(max_iter, operator.shape[0])
+    reorthogonalise = reorthogonalise and steps + 1 <= vectors_that_fit(operator.shape[0], operator.dtype,
+                                                                         operator.device)
     runs = [quadrature(operator, steps, generator, reorthogonalise) for _ in range(num_probes)]
     width = max(len(nodes) for nodes, _ in runs)
     nodes = np.full((num_probes, width), np.nan)
@@ -105,7 +110,8 @@ def spectral_density(operator: SymmetricOperator, *, num_probes: int = 4, max_it
     for j, (theta, w) in enumerate(runs):
         nodes[j, :len(theta)], weights[j, :len(w)] = theta, w / num_probes
     grid, density, sigma = smooth(nodes, weights, sigma, grid_points)
-    return DensityEstimate(nodes, weights, grid, density, sigma, hvps=sum(len(t) for t, _ in runs))
+    return DensityEstimate(nodes, weights, grid, density, sigma, hvps=sum(len(t) for t, _ in runs),
+                           reorthogonalised=reorthogonalise)
 
 
 @analysis
@@ -133,4 +139,4 @@ def density_of(operator: HessianOperator, *, num_probes: int = 4, max_iter: int 
                  "sigma": sigma, "seed": seed, "params": operator.params_label},
         parameters=operator.size, params=operator.params_label, nodes=estimate.nodes,
         weights=estimate.weights, grid=estimate.grid, density=estimate.density, sigma=estimate.sigma,
-        hvps=estimate.hvps, reorthogonalise=reorthogonalise)
+        hvps=estimate.hvps, reorthogonalise=estimate.reorthogonalised)

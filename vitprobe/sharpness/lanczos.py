@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from vitprobe.errors import UserError
+from vitprobe.sharpness.memory import vectors_that_fit
 from vitprobe.sharpness.vectors import dot, norm
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -265,7 +267,9 @@ def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, 
     """The k algebraically largest eigenpairs of a symmetric operator by Lanczos with partial
     reorthogonalisation; stops when every wanted Ritz pair has ||H y - theta y|| / |theta| < tol.
     ``basis``: keep the Lanczos vectors on the device, on the host, or ("auto") on the host only
-    when they would not fit on the GPU. ``start``: the first Lanczos vector (a warm start, such
+    when they would not fit on the GPU; where ``max_iter`` vectors would not fit in half the free
+    memory the run stops there (``choices["max_iter_from_memory"]``, and ``converged`` False if it
+    had not converged). ``start``: the first Lanczos vector (a warm start, such
     as the previous eigenvector of a slowly changing operator; default a seeded random vector);
     ``min_steps``: products taken before the stopping test may end the run.
     """
@@ -274,16 +278,24 @@ def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, 
         raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
     generator = torch.Generator().manual_seed(seed)
     basis_dtype = torch.float64 if tol < PRECISE_BELOW * torch.finfo(dtype).eps else dtype
+    host = basis_on_host(size, max_iter, basis_dtype, device, basis)
+    room = vectors_that_fit(size, basis_dtype, torch.device("cpu") if host else device)
+    if room <= k:
+        raise UserError(f"the Lanczos basis needs at least {k + 1} vectors of {size:,} parameters "
+                        f"({(k + 1) * size * torch.finfo(basis_dtype).bits / 8e9:.1f} GB), more than half the free "
+                        "memory: restrict the parameters (--params) or free memory")
     if start is None:
         start = torch.randn(size, generator=generator, dtype=basis_dtype).to(device)
     elif start.numel() != size or not bool(torch.isfinite(start).all()) or norm(start) == 0:
         raise ValueError(f"start must be a finite non-zero vector of size {size}")
     else:
         start = start.reshape(-1).to(device=device, dtype=basis_dtype)
-    host = basis_on_host(size, max_iter, basis_dtype, device, basis)
     run = Lanczos(matvec if basis_dtype == dtype else _in_dtype(matvec, dtype), start,
                   reorthogonalise=True, generator=generator, host_basis=host, precision=dtype)
-    choices = {"basis": "host" if host else "device", "basis_dtype": str(basis_dtype).replace("torch.", "")}
+    choices: dict[str, str | int] = {"basis": "host" if host else "device",
+                                     "basis_dtype": str(basis_dtype).replace("torch.", "")}
+    if room < max_iter:  # the basis stops growing where memory ends: the run then reports converged=False
+        max_iter = choices["max_iter_from_memory"] = room
     reached: list[int | None] = [None] * k
     while True:
         run.step()

@@ -19,7 +19,6 @@ chosen is in ``choices`` (the command writes it to the run's JSON).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -33,10 +32,10 @@ from vitprobe.data.batches import DataLike, as_batches
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
 from vitprobe.sharpness.loss import LossFn, analysis_mode, batch_loss, cross_entropy, local_share
+from vitprobe.sharpness.memory import MEMORY_FRACTION, free_memory
 from vitprobe.sharpness.vectors import ParamFilter, filter_label, flatten, select_parameters, unflatten
 
 KeepGraphs = Literal["auto"] | bool
-MEMORY_FRACTION = 0.5
 
 
 class HessianOperator:
@@ -166,7 +165,7 @@ class HessianOperator:
         of the free memory unless ``memory_budget``), recorded in ``choices``."""
         if keep_graphs is False and (self.micro_batch is not None or self.device.type == "cuda"):
             return False  # nothing to decide: CUDA degrades on its out-of-memory error
-        budget = self.memory_budget or MEMORY_FRACTION * _free_memory(self.device)
+        budget = self.memory_budget or MEMORY_FRACTION * free_memory(self.device)
         fixed, per_image = self._graph_bytes()
         local_images = sum(len(x) for x, _ in self.batches)
         keep = keep_graphs is True or (keep_graphs == "auto" and fixed + per_image * local_images < budget)
@@ -289,18 +288,3 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
             self._seen.add(storage.data_ptr())
             self.bytes += storage.nbytes()
         return tensor
-
-
-def _free_memory(device: torch.device) -> float:
-    """Bytes free on ``device`` (CUDA: the allocator's view; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return float(free)
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -9,6 +9,8 @@ step through ``/proc/self/clear_refs``):
 - lambda_1 by vitprobe's Lanczos at tol 1e-2, and PyHessian's power iteration on the same model and
   images (its own stopping rule at the same tol), each capped at 20 products (a cap reached is visible in the note), at 2 images by default;
 - a 5x5 loss landscape; rollout (ViT) or Grad-CAM (ResNet) maps; CKA between the default layers.
+Each (model, images) runs in a fresh process; rows accumulate in ``scale.json`` beside the table,
+and a rerun measures only the configurations not yet there.
 It fits the seconds of one recomputed HVP against parameters x images (log-log least squares) and
 states what a 1,000-image lambda_1 would take from the products Lanczos needed, and writes
 ``benchmarks/results/scale.md`` with the command that made it.
@@ -20,7 +22,9 @@ states what a 1,000-image lambda_1 would take from the products Lanczos needed, 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,12 +102,14 @@ def measure(name: str, images: int, solvers: bool) -> list[dict]:
     if solvers:
         with Step() as step:
             ours = spectrum_of(HessianOperator(model, data), k=1, tol=1e-2, max_iter=MAX_PRODUCTS)
-        add("lambda_1, vitprobe (tol 1e-2)", step, f"{ours.eigenvalues[0]:.4g}, {ours.total_hvps} HVPs")
+        add("lambda_1, vitprobe (tol 1e-2)", step, f"{ours.eigenvalues[0]:.4g}, {ours.total_hvps} HVPs"
+            + ("" if ours.converged else f", not converged (residual {ours.residuals[0]:.1e})"))
         params = [p for p in model.module.parameters() if p.requires_grad]
         with Step() as step, analysis_mode(model.module):
             peer = PyHessianRun(model.module, list(data), cross_entropy, params)
             values, _ = peer.eigenvalues(k=1, tol=1e-2, max_iter=MAX_PRODUCTS)
-        add("lambda_1, PyHessian (tol 1e-2)", step, f"{values[0]:.4g}, {peer.hvps} HVPs")
+        add("lambda_1, PyHessian (tol 1e-2)", step, f"{values[0]:.4g}, {peer.hvps} HVPs"
+            + (", the cap" if peer.hvps >= MAX_PRODUCTS else ""))
     with Step() as step:
         loss_landscape(model, data, directions="random", grid=(5, 5), seed=0)
     add("5x5 landscape", step)
@@ -164,15 +170,30 @@ def main() -> None:
                         help="image counts at which lambda_1 is solved by both solvers (default: 2; "
                              "their products are what the other steps' HVP rows time)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "IMAGES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows: list[dict] = []
+    if args.one:  # a child: one configuration, its rows as JSON on stdout
+        name, images = args.one[0], int(args.one[1])
+        print(json.dumps(measure(name, images, images in args.solvers_at)))
+        return
+    # one fresh process per configuration, so that each peak is its own (a long process keeps what
+    # the allocator freed: 15 GB after five models here); rows accumulate in a JSON file, and a
+    # configuration already there is not measured again
+    store = args.out.with_suffix(".json")
+    rows: list[dict] = json.loads(store.read_text()) if store.exists() else []
     for name in args.models:
         for images in args.images:
-            solvers = images in args.solvers_at
-            rows += measure(name, images, solvers)
-            print(f"{name} x {images}: " + ", ".join(f"{r['measure']} {r['seconds']:.1f}s"
-                                                   for r in rows if r["model"] == name and r["images"] == images),
+            if any(r["model"] == name and r["images"] == images for r in rows):
+                continue
+            child = subprocess.run([sys.executable, __file__, "--one", name, str(images), "--solvers-at",
+                                    *map(str, args.solvers_at)], capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"{name} x {images} failed (exit {child.returncode}): {child.stderr[-2000:]}")
+            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            rows += measured
+            print(f"{name} x {images}: " + ", ".join(f"{r['measure']} {r['seconds']:.1f}s" for r in measured),
                   flush=True)
+            write_text(store, json.dumps(rows, indent=1) + "\n")
             write_text(args.out, table(rows, "python " + " ".join(sys.argv)))
 
 

@@ -96,3 +96,14 @@ def test_the_shipped_demo_runs_every_analysis(tmp_path, capsys) -> None:
         assert json.loads((out / f"{analysis}.json").read_text())["status"] == "complete", analysis
     said = capsys.readouterr().out
     assert "ViT" in said and "Park & Kim 2022" in said and "SAM trains to a flatter point (vit, tracked)" in said
+
+
+def test_the_sharpness_claim_carries_the_subsets_interval(tmp_path: Path) -> None:
+    """With --subsets the claim states both intervals and whether they overlap; without, nothing."""
+    rows = ("model,metric,value,k,ci_low,ci_high\n"
+            "demo:vit,eigenvalue,40.0,1,,\ndemo:resnet,eigenvalue,10.0,1,,\n"
+            "demo:vit,eigenvalue_mean,42.0,1,{vit_low},{vit_high}\ndemo:resnet,eigenvalue_mean,11.0,1,5.0,17.0\n")
+    for (low, high), verdict in [((30.0, 54.0), "do not overlap"), ((-5.0, 89.0), "overlap, so this run cannot")]:
+        (tmp_path / "sharpness.csv").write_text(rows.format(vit_low=low, vit_high=high))
+        text = "\n".join(findings(tmp_path, []))
+        assert f"over the subsets 42 [{low:g}, {high:g}] vs 11 [5, 17]: the 95% intervals {verdict}" in text

@@ -224,13 +224,17 @@ class HessianOperator:
                                 retain=False)
         return out
 
-    def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """H v for ``v`` given as per-parameter tensors; returns per-parameter tensors."""
+    def _flat_hvp(self, vs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """H v as one flat vector, for ``v`` given as per-parameter tensors."""
         vs = [v.to(device=self.device, dtype=self.dtype) for v in vs]
         local = self._degrading(lambda: self._local_hvp(vs))
-        flat = distributed.all_reduce_sum(flatten(local)) / self.num_images
+        flat = distributed.all_reduce_sum(flatten(local)).div_(self.num_images)
         self.hvps += 1
-        return unflatten(flat, self.params)
+        return flat
+
+    def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """H v for ``v`` given as per-parameter tensors; returns per-parameter tensors."""
+        return unflatten(self._flat_hvp(vs), self.params)
 
     def matvec(self, v):
         """H v. ``v`` is a flat torch vector, a flat numpy vector, or a per-parameter list."""
@@ -241,8 +245,7 @@ class HessianOperator:
             return out.cpu().numpy().astype(v.dtype, copy=False)
         if v.numel() != self.size:
             raise ValueError(f"vector of size {v.numel()} for a Hessian of size {self.size}")
-        result = flatten(self.hvp(unflatten(v.reshape(-1).to(self.device, self.dtype), self.params)))
-        return result.to(v.dtype)
+        return self._flat_hvp(unflatten(v.reshape(-1).to(self.device, self.dtype), self.params)).to(v.dtype)
 
     __matmul__ = matvec
 

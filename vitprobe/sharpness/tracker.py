@@ -182,9 +182,10 @@ class SharpnessTracker:
 
 
 def track_figure(results: Sequence[TrackResult]) -> Figure:
-    """lambda_1 against the training step, one line per model, with each model's 2 / lr
-    (dashed, same colour) where the learning rate was given; a log axis when the values span
-    more than a decade."""
+    """lambda_1 against the training step, one line per model, with the solver's interval (an
+    eigenvalue lies within the residual ||H y - theta y|| of each value: the checks use one fixed
+    batch, so there is no sampling interval to draw) and each model's 2 / lr (dashed, same colour)
+    where the learning rate was given; a log axis when the values span more than a decade."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,6 +196,9 @@ def track_figure(results: Sequence[TrackResult]) -> Figure:
     for index, result in enumerate(results):
         colour = f"C{index}"
         axis.plot(result.steps, result.lambda_1, marker="o", markersize=3, color=colour, label=result.model)
+        value, residual = np.asarray(result.lambda_1), np.asarray(result.residuals)
+        axis.fill_between(result.steps, value - residual * np.abs(value), value + residual * np.abs(value),
+                          color=colour, alpha=0.2, linewidth=0)
         threshold = [2 / lr if lr > 0 else np.nan for lr in result.learning_rates]
         if np.isfinite(threshold).any():
             axis.plot(result.steps, threshold, linestyle="--", linewidth=1, color=colour, alpha=0.6)
@@ -210,7 +214,8 @@ def track_figure(results: Sequence[TrackResult]) -> Figure:
         axis.set_ylim(min(values) / 1.5 if log else 0, top * (2 if log else 1.15))
     axis.set_xlabel("training step")
     axis.set_ylabel(r"$\lambda_1$ of the training loss")
-    axis.set_title(r"dashed: $2/\mathrm{lr}$ (edge of stability of gradient descent)", fontsize=9)
+    axis.set_title(r"band: $\pm\|Hy-\theta y\|$, where an eigenvalue lies; dashed: $2/\mathrm{lr}$ "
+                   "(edge of stability of gradient descent)", fontsize=8)
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

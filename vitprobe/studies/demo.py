@@ -142,6 +142,21 @@ def _per_layer(frame: pd.DataFrame | None, metric: str) -> dict[str, list[float]
             for model, group in rows.groupby("model", sort=False)}
 
 
+def _spread(frame: pd.DataFrame | None, first: str, second: str) -> str:
+    """``--subsets``' lambda_1 means of two models with their intervals, and whether the intervals
+    overlap ("" when the run measured no spread)."""
+    if frame is None or "ci_low" not in frame:
+        return ""
+    rows = frame[(frame["metric"] == "eigenvalue_mean") & (frame["k"] == 1)].set_index("model")
+    if first not in rows.index or second not in rows.index:
+        return ""
+    a, b = rows.loc[first], rows.loc[second]
+    overlap = a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+    return (f"; over the subsets {a['value']:.4g} [{a['ci_low']:.4g}, {a['ci_high']:.4g}] vs {b['value']:.4g} "
+            f"[{b['ci_low']:.4g}, {b['ci_high']:.4g}]: the 95% intervals "
+            + ("overlap, so this run cannot tell them apart" if overlap else "do not overlap"))
+
+
 def literature_claims(out: Path) -> list[str]:
     """The literature's claims, each beside what this run measured and whether it agrees."""
     sharpness = _read(out, "sharpness")
@@ -151,7 +166,8 @@ def literature_claims(out: Path) -> list[str]:
     lines.append(_claim("ViTs sit in sharper minima than ResNets", "Chen, Hsieh & Gong 2021: "
                         "lambda_max 738.8 for ViT-B/16 vs 179.8 for ResNet-152",
                         None if vit is None or resnet is None else vit > resnet,
-                        "" if vit is None or resnet is None else f"lambda_1 {vit:.4g} vs {resnet:.4g}"))
+                        "" if vit is None or resnet is None else
+                        f"lambda_1 {vit:.4g} vs {resnet:.4g}" + _spread(sharpness, "demo:vit", "demo:resnet")))
     for base, sam in SAM_TWINS:
         known = base in leading and sam in leading
         lines.append(_claim(f"SAM finds flatter minima ({base.split(':')[1]})", "Foret et al. 2020; "

@@ -28,8 +28,10 @@ def reliability_figure(results: Sequence[EvaluationResult]):
         bounds = np.array([wilson_interval(round(a * n), int(n), result.confidence_level)
                            for a, n in zip(table["accuracy"][filled], table["count"][filled])]).reshape(-1, 2)
         centres = (table["low"] + width / 2)[filled]
-        ax.errorbar(centres, table["accuracy"][filled], linestyle="none", color="black", capsize=2,
-                    linewidth=0.8, yerr=[table["accuracy"][filled] - bounds[:, 0], bounds[:, 1] - table["accuracy"][filled]])
+        accuracy = table["accuracy"][filled]
+        # the Wilson interval holds p; clipping only drops rounding (an upper bound of 1 - 1e-16 at p = 1)
+        lengths = np.clip([accuracy - bounds[:, 0], bounds[:, 1] - accuracy], 0, None)
+        ax.errorbar(centres, accuracy, yerr=lengths, linestyle="none", color="black", capsize=2, linewidth=0.8)
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", aspect="equal",
                title=f"{result.model}\nECE {result.ece:.3f}, top-1 {result.accuracy(1):.3f}")

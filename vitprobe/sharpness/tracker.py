@@ -11,8 +11,8 @@ Each check is :func:`~vitprobe.sharpness.spectrum.eigenpairs` on a
 :class:`~vitprobe.sharpness.operator.HessianOperator`, warm-started from the previous check's
 eigenvector: the weights move little between checks, so that vector is nearly the new one and
 the residual reaches ``tol`` in fewer products than from a random vector (``warm_start=False``
-starts cold; ``benchmarks/results/tracker.md`` compares the two: 0.6-0.8x the products with
-checks 2-10 steps apart, 0.93-0.96x 50 steps apart).
+starts cold; ``benchmarks/results/tracker.md`` compares the two on the demo zoo: 0.77-0.80x the
+products with checks 10 steps apart, 0.81-1.00x 50 steps apart, the same lambda_1 to 3.5e-4).
 
 A residual below ``tol`` certifies that the value is near *an* eigenvalue, not the largest one.
 When two eigenvalues cross between checks, the previous eigenvector is nearly the new

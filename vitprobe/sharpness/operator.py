@@ -29,6 +29,7 @@ from torch import nn
 
 from vitprobe import distributed
 from vitprobe.data.batches import DataLike, as_batches
+from vitprobe.errors import UserError
 from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
 from vitprobe.sharpness.loss import LossFn, analysis_mode, batch_loss, cross_entropy, local_share
@@ -150,10 +151,14 @@ class HessianOperator:
         images, labels = self.batches[0]
         sizes = [n for n in (1, 2) if n <= len(images)]
         counts = []
-        for n in sizes:
-            with _SavedBytes() as counter:
-                self._weighted_grad((images[:n], labels[:n]), create_graph=True)
-            counts.append(float(counter.bytes))
+        try:
+            for n in sizes:
+                with _SavedBytes() as counter:
+                    self._weighted_grad((images[:n], labels[:n]), create_graph=True)
+                counts.append(float(counter.bytes))
+        except UserError:
+            self._batch_loss_only(self.batches[0])  # the whole batch's refusal (its full label range)
+            raise
         if len(counts) == 1:
             return 0.0, counts[0]
         per_image = max(counts[1] - counts[0], 1.0)

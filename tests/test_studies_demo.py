@@ -30,13 +30,13 @@ demo:vit,mean_attention_distance,,1,0,10.0
 demo:vit,mean_attention_distance,,1,1,12.0
 """
 TRACK = """\
-model,metric,step,value,hvps,eos_threshold
-demo:vit,lambda_1,50,80.0,9,2000.0
-demo:vit,lambda_1,100,120.0,4,1000.0
-demo:resnet,lambda_1,50,20.0,9,2000.0
-demo:resnet,lambda_1,100,30.0,5,1000.0
-demo:vit-sam,lambda_1,50,70.0,9,2000.0
-demo:vit-sam,lambda_1,100,60.0,3,1000.0
+model,metric,step,value,hvps,eos_threshold,warm_start
+demo:vit,lambda_1,50,80.0,9,2000.0,True
+demo:vit,lambda_1,100,120.0,4,1000.0,True
+demo:resnet,lambda_1,50,20.0,9,2000.0,False
+demo:resnet,lambda_1,100,30.0,5,1000.0,False
+demo:vit-sam,lambda_1,50,70.0,9,2000.0,True
+demo:vit-sam,lambda_1,100,60.0,3,1000.0,True
 """
 
 
@@ -62,6 +62,7 @@ def test_findings_state_the_measured_comparisons(tmp_path: Path) -> None:
     assert "SAM finds flatter minima (resnet) (Foret et al. 2020; Chen, Hsieh & Gong 2021): this run does NOT agree" in text
     assert "attention distance grows with depth (demo:vit) (Dosovitskiy et al. 2020, Fig. 7): this run agrees" in text
     assert "demo:vit: 80 -> 120 -> 120 over 100 steps (2/lr 1000); 13 HVPs in 2 warm-started checks" in text
+    assert "demo:resnet: 20 -> 30 -> 30 over 100 steps (2/lr 1000); 14 HVPs in 2 cold-started checks" in text
     assert ("ViTs are sharper than ResNets, tracked while training (Chen, Hsieh & Gong 2021): this run agrees "
             "(lambda_1 at the last tracked step 120 vs 30)") in text
     assert ("SAM trains to a flatter point (vit, tracked) (Foret et al. 2020): this run agrees (lambda_1 at the "

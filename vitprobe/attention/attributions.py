@@ -119,7 +119,6 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         with mha_math_path():
             return loaded.logits(module(images))
 
-    resolved = {}
     input_size = spatial_size(batches[0][0])
 
     def attributed(batch: Batch, index: int, offset: int) -> tuple[torch.Tensor, np.ndarray, dict]:
@@ -140,7 +139,6 @@ def attributions(model: nn.Module | LoadedModel, data: ImagesLike, *, method: st
         return attr.detach().float().cpu(), chosen.cpu().numpy(), chosen_layer
 
     maps, targets, layers = zip(*distributed.map_batches(attributed, batches))
-    resolved.update(layers[0])
     return SaliencyResult(model=loaded.label, images=batches.num_images, method=method.replace("-", "_"),
                           maps=torch.cat(maps).numpy(), sources=["input"], input_size=input_size,
-                          targets=np.concatenate(targets), options=resolved)
+                          targets=np.concatenate(targets), options=layers[0])

@@ -76,12 +76,12 @@ def sharpness_facts(out: Path) -> list[str]:
     return lines
 
 
-def _last_tracked(frame: pd.DataFrame | None) -> dict[str, float]:
-    """Per model, lambda_1 at the last step ``vitprobe track`` measured."""
+def _curves(frame: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Per model, the lambda_1 rows ``vitprobe track`` wrote, in step order."""
     if frame is None:
         return {}
     rows = frame[frame["metric"] == "lambda_1"].sort_values("step", kind="stable")
-    return {model: float(group["value"].iloc[-1]) for model, group in rows.groupby("model", sort=False)}
+    return {str(model): group for model, group in rows.groupby("model", sort=False)}
 
 
 def track_facts(out: Path) -> list[str]:
@@ -89,12 +89,12 @@ def track_facts(out: Path) -> list[str]:
     if frame is None:
         return ["sharpness while training: not measured (no track.csv)"]
     lines = ["lambda_1 while training (vitprobe track; first -> largest -> last check, 2/lr at the last):"]
-    for model, group in frame[frame["metric"] == "lambda_1"].groupby("model", sort=False):
-        group = group.sort_values("step", kind="stable")
+    for model, group in _curves(frame).items():
+        start = "warm-started" if group["warm_start"].all() else "cold-started"
         lines.append(f"  {model}: {group['value'].iloc[0]:.4g} -> {group['value'].max():.4g} -> "
                      f"{group['value'].iloc[-1]:.4g} over {int(group['step'].iloc[-1])} steps "
                      f"(2/lr {group['eos_threshold'].iloc[-1]:.4g}); {int(group['hvps'].sum())} HVPs in "
-                     f"{len(group)} warm-started checks")
+                     f"{len(group)} {start} checks")
     return lines
 
 
@@ -173,7 +173,7 @@ def literature_claims(out: Path) -> list[str]:
         lines.append(_claim(f"SAM finds flatter minima ({base.split(':')[1]})", "Foret et al. 2020; "
                             "Chen, Hsieh & Gong 2021", leading[sam] < leading[base] if known else None,
                             f"lambda_1 {leading[base]:.4g} -> {leading[sam]:.4g}" if known else ""))
-    tracked = _last_tracked(_read(out, "track"))
+    tracked = {model: float(group["value"].iloc[-1]) for model, group in _curves(_read(out, "track")).items()}
     vit, resnet = tracked.get("demo:vit"), tracked.get("demo:resnet")
     lines.append(_claim("ViTs are sharper than ResNets, tracked while training", "Chen, Hsieh & Gong 2021",
                         None if vit is None or resnet is None else vit > resnet,

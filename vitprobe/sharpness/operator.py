@@ -34,7 +34,7 @@ from vitprobe.models.loaded import LoadedModel, as_loaded
 from vitprobe.models.module_state import module_device
 from vitprobe.sharpness.loss import LossFn, analysis_mode, batch_loss, cross_entropy, local_share
 from vitprobe.sharpness.memory import MEMORY_FRACTION, free_memory
-from vitprobe.sharpness.vectors import ParamFilter, filter_label, flatten, select_parameters, unflatten
+from vitprobe.sharpness.vectors import ParamFilter, filter_label, select_parameters, unflatten
 
 KeepGraphs = Literal["auto"] | bool
 
@@ -133,9 +133,12 @@ class HessianOperator:
 
     # -- building ---------------------------------------------------------------------
     def _weighted_grad(self, batch, create_graph: bool) -> tuple[torch.Tensor, tuple]:
+        """The batch's summed loss, and the gradient of its share n_b / N of the mean loss (so the
+        products need no division afterwards)."""
         n = int(batch[0].shape[0])
         loss = batch_loss(self.module, batch, self.loss_fn, self.device)
-        grads = torch.autograd.grad(loss * n, self.params, create_graph=create_graph, allow_unused=True)
+        grads = torch.autograd.grad(loss * (n / self.num_images), self.params, create_graph=create_graph,
+                                    allow_unused=True)
         return loss.detach() * n, grads
 
     def _batch_loss_only(self, batch) -> torch.Tensor:
@@ -210,32 +213,38 @@ class HessianOperator:
         return keep
 
     # -- products ---------------------------------------------------------------------
-    def _local_hvp(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """sum over this rank's batches of n_b * H_b v (not yet divided by N)."""
-        out = [torch.zeros_like(p) for p in self.params]
+    def _local_hvp(self, vs: list[torch.Tensor]) -> Sequence[torch.Tensor | None]:
+        """sum over this rank's batches of (n_b / N) H_b v, per parameter (None: no contribution).
+        With kept graphs this is one backward whose parts are used as they come."""
         if self._kept is not None:
-            if self._kept:
-                index = {id(p): i for i, p in enumerate(self.params)}
-                wanted = [vs[index[id(p)]] for p in self._kept_params]
-                _accumulate(out, self.params, self._kept, wanted, retain=True)
-            return out
+            if not self._kept:
+                return [None] * len(self.params)
+            index = {id(p): i for i, p in enumerate(self.params)}
+            wanted = [vs[index[id(p)]] for p in self._kept_params]
+            return torch.autograd.grad(self._kept, self.params, grad_outputs=wanted, retain_graph=True,
+                                       allow_unused=True)
+        out = [torch.zeros_like(p) for p in self.params]
         with analysis_mode(self.module):
             for batch in self.batches:
                 with torch.enable_grad():
                     _, grads = self._weighted_grad(batch, create_graph=True)
                 pairs = [(g, v) for g, v in zip(grads, vs) if g is not None and g.requires_grad]
                 if pairs:
-                    _accumulate(out, self.params, [g for g, _ in pairs], [v for _, v in pairs],
-                                retain=False)
+                    parts = torch.autograd.grad([g for g, _ in pairs], self.params,
+                                                grad_outputs=[v for _, v in pairs], allow_unused=True)
+                    for acc, part in zip(out, parts):
+                        if part is not None:
+                            acc += part
         return out
 
     def _flat_hvp(self, vs: Sequence[torch.Tensor]) -> torch.Tensor:
         """H v as one flat vector, for ``v`` given as per-parameter tensors."""
         vs = [v.to(device=self.device, dtype=self.dtype) for v in vs]
         local = self._degrading(lambda: self._local_hvp(vs))
-        flat = distributed.all_reduce_sum(flatten(local)).div_(self.num_images)
+        flat = torch.cat([part.reshape(-1) if part is not None else p.new_zeros(p.numel())
+                          for part, p in zip(local, self.params)])
         self.hvps += 1
-        return flat
+        return distributed.all_reduce_sum(flat)
 
     def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """H v for ``v`` given as per-parameter tensors; returns per-parameter tensors."""
@@ -268,14 +277,6 @@ class HessianOperator:
     def release(self) -> None:
         """Drop the kept graphs (the operator then recomputes them per product)."""
         self._kept, self._kept_params, self.keep_graphs = None, [], False
-
-
-def _accumulate(out: list[torch.Tensor], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                vs: Sequence[torch.Tensor], retain: bool) -> None:
-    parts = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=retain, allow_unused=True)
-    for acc, part in zip(out, parts):
-        if part is not None:
-            acc += part.detach()
 
 
 class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):

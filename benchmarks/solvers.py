@@ -6,9 +6,16 @@ one process: vitprobe's Lanczos, PyHessian's power iteration with deflation, and
 eigenvalues). Models: a timm ViT of 157,700 parameters (32 px, patch 4, width 64, depth 3)
 trained for 10 AdamW steps on shapes, and a random 4.8M-parameter timm ResNet (BasicBlock
 [2, 2, 2, 2], channels 42-336); 64 shapes images. The true error is against ARPACK at tol 1e-10
-on the float64 copy of each model. vitprobe's products are timed where they happen (the
-operator's ``@``), so its time outside them is the solver's own. ``solvers.json`` keeps the
-HVP counts, which ``tests/test_solver_hvp_counts.py`` holds the solver to.
+on the float64 copy of each model. Products are timed where they happen (vitprobe's operator
+``@``, PyHessian's ``hessian_vector_product``), so the time outside them is each tool's own; for
+vitprobe it is split into the operator's set-up (memory probe, kept graph) and Lanczos's work.
+``solvers.json`` keeps the HVP counts, which ``tests/test_solver_hvp_counts.py`` holds the solver to.
+
+Accuracy against products: every tool again at tol 1e-2 ... 1e-5 (products and true error, no
+timing), and the fewest products after which each reached a true error e, beside Lanczos
+"stopped by the truth" (its Ritz values followed product by product against the reference): the
+best any stopping rule could do from vitprobe's start. ``solver_seeds.py`` repeats tol 1e-3 over
+random starts.
 
 Part 2, on a synthetic float32 operator H = diag(d) with 1M, 5M and 25M parameters (its product is
 one multiply, so nearly everything measured is the solver): Hutch++ with 100 products and SLQ with
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import platform
 import subprocess
@@ -42,6 +50,7 @@ from vitprobe.models.attention_path import math_attention
 from vitprobe.models.loaded import LoadedModel
 from vitprobe.report.files import write_text
 from vitprobe.sharpness import HessianOperator, eigenpairs
+from vitprobe.sharpness.lanczos import Lanczos, products
 from vitprobe.sharpness.loss import cross_entropy
 from vitprobe.sharpness.pyhessian_peer import PyHessianRun
 
@@ -102,27 +111,35 @@ def scipy_operator(operator) -> tuple[LinearOperator, Timed]:
     return LinearOperator(operator.shape, matvec=product, dtype=np.float64), product
 
 
-def vitprobe_top(model, data, k: int) -> dict:
+def vitprobe_top(model, data, k: int, tol: float = TOL) -> dict:
     started = time.perf_counter()
     operator = HessianOperator(model, data)
+    built = time.perf_counter() - started
     timed = TimedOperator(operator)
-    pairs = eigenpairs(timed, k=k, tol=TOL)
+    pairs = eigenpairs(timed, k=k, tol=tol)
     total = time.perf_counter() - started
     operator.release()
-    return {"tool": "vitprobe (Lanczos)", "seconds": total, "hvps": timed.products.calls,
+    return {"tool": "vitprobe (Lanczos)", "seconds": total, "hvps": timed.products.calls, "build": built,
             "in_products": timed.products.seconds, "values": pairs.values.tolist()}
 
 
-def pyhessian_top(model, data, k: int) -> dict:
-    started = time.perf_counter()
-    params = [p for p in model.module.parameters() if p.requires_grad]
-    run = PyHessianRun(model.module, data, cross_entropy, params)
-    values, _ = run.eigenvalues(k=k, tol=TOL, max_iter=100)
-    return {"tool": "PyHessian (power)", "seconds": time.perf_counter() - started, "hvps": run.hvps,
+def pyhessian_top(model, data, k: int, tol: float = TOL) -> dict:
+    ph = importlib.import_module("pyhessian.hessian")  # the module: the package rebinds the name
+    products = Timed(ph.hessian_vector_product)  # PyHessianRun counts the calls of what it finds here
+    ph.hessian_vector_product = products
+    try:
+        started = time.perf_counter()
+        params = [p for p in model.module.parameters() if p.requires_grad]
+        run = PyHessianRun(model.module, data, cross_entropy, params)
+        values, _ = run.eigenvalues(k=k, tol=tol, max_iter=100)
+        total = time.perf_counter() - started
+    finally:
+        ph.hessian_vector_product = products.function
+    return {"tool": "PyHessian (power)", "seconds": total, "hvps": run.hvps, "in_products": products.seconds,
             "values": sorted(values, reverse=True)}
 
 
-def curvlinops_top(model, data, k: int) -> dict:
+def curvlinops_top(model, data, k: int, tol: float = TOL) -> dict:
     import curvlinops
 
     started = time.perf_counter()
@@ -130,17 +147,41 @@ def curvlinops_top(model, data, k: int) -> dict:
     with math_attention(model.module):  # forward-mode AD has no fused-attention kernel on CPU
         operator = curvlinops.HessianLinearOperator(model.module, torch.nn.CrossEntropyLoss(), params, data)
         scipy_view, products = scipy_operator(operator)
-        values = eigsh(scipy_view, k=k, which="LA", tol=TOL, return_eigenvectors=False)
+        values = eigsh(scipy_view, k=k, which="LA", tol=tol, return_eigenvectors=False)
     return {"tool": "curvlinops + eigsh", "seconds": time.perf_counter() - started, "hvps": products.calls,
             "values": sorted(values.tolist(), reverse=True)}
 
 
-def reference(model, data, k: int) -> np.ndarray:
+def lanczos_oracle(model, data, truth: np.ndarray, targets: tuple[float, ...], steps: int = 80) -> dict[float, int | None]:
+    """The products after which Lanczos's top-k Ritz values first lie within each target relative
+    error of the truth (and stay there): where a stopping rule that knew the answer would stop."""
+    operator = HessianOperator(model, data)
+    start = torch.randn(operator.size, generator=torch.Generator().manual_seed(0), dtype=operator.dtype)
+    run = Lanczos(products(operator), start, precision=operator.dtype)
+    errors = []
+    for _ in range(steps):
+        run.step()
+        theta = np.sort(run.ritz()[0])[::-1][:len(truth)]
+        errors.append(np.inf if len(theta) < len(truth) else float(np.max(np.abs(theta - truth) / np.abs(truth))))
+    operator.release()
+    first: dict[float, int | None] = {}
+    for target in targets:
+        last_above = max((i for i, error in enumerate(errors) if error > target), default=-1)
+        first[target] = last_above + 2 if last_above + 1 < steps else None  # None: not within the steps
+    return first
+
+
+def reference(model, data, k: int = 5) -> np.ndarray:
     """The top k eigenvalues of the float64 model's Hessian, by ARPACK at tol 1e-10."""
     double = copy.deepcopy(model.module).double()
     operator = HessianOperator(as_loaded(double, data_config=CONFIG), [(x.double(), y) for x, y in data])
     values = eigsh(scipy_operator(operator)[0], k=k, which="LA", tol=1e-10, return_eigenvectors=False)
     return np.sort(values)[::-1]
+
+
+def true_error(values, truth: np.ndarray) -> float:
+    """The largest relative error of the k values (largest first) against the truth."""
+    return float(np.max(np.abs(np.asarray(values) - truth) / np.abs(truth)))
 
 
 PEAK = textwrap.dedent('''
@@ -189,6 +230,116 @@ def peak(size: int, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TOOLS = (vitprobe_top, pyhessian_top, curvlinops_top)
+SWEEP = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+def timed_rows(models: dict, truths: dict, repeats: int) -> list[dict]:
+    """Every tool at tol 1e-3, ``repeats`` times, with its seconds."""
+    rows = []
+    for name, (model, data) in models.items():
+        for k in (1, 5):
+            for repeat in range(repeats):
+                for measure in TOOLS:
+                    row = {"model": name, "k": k, "tol": TOL, **measure(model, data, k)}
+                    row["error"] = true_error(row["values"], truths[name][:k])
+                    rows.append(row)
+                    print(repeat, {key: value for key, value in row.items() if key != "values"}, flush=True)
+    return rows
+
+
+def timed_table(rows: list[dict], models: dict) -> list[str]:
+    lines = [f"## Top-1 and top-5 at tol {TOL}, 64 images, one process", "",
+             "| model | k | tool | HVPs | seconds | vs PyHessian | outside products (set-up + solver) | true error |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (name, k) in dict.fromkeys((r["model"], r["k"]) for r in rows):
+        mine = [r for r in rows if r["model"] == name and r["k"] == k]
+        median = {key: {tool: float(np.median([r[key] for r in mine if r["tool"] == tool and key in r]))
+                        for tool in dict.fromkeys(r["tool"] for r in mine)}
+                  for key in ("seconds", "in_products", "build")}
+        for tool, seconds in median["seconds"].items():
+            row = next(r for r in mine if r["tool"] == tool)
+            outside = ""
+            if "in_products" in row:
+                outside = f"{100 * (seconds - median['in_products'][tool]) / seconds:.1f} %"
+            if "build" in row:
+                build = 100 * median["build"][tool] / seconds
+                solver = 100 * (seconds - median["in_products"][tool]) / seconds - build
+                outside += f" ({build:.1f} + {solver:.1f})"
+            lines.append(f"| {name} ({models[name][0].num_parameters:,}) | {k} | {tool} | {row['hvps']} | "
+                         f"{seconds:.2f} | {seconds / median['seconds']['PyHessian (power)']:.2f}x | {outside} | "
+                         f"{row['error']:.1e} |")
+    return lines + ["", "Seconds are medians over repeats and include each tool's own set-up (vitprobe: the memory "
+                    "probe and building the operator's kept graph; PyHessian: its first gradient). Outside products: "
+                    "the time not spent in the tool's Hessian-vector products (PyHessian's `hessian_vector_product`, "
+                    "vitprobe's operator `@`); for vitprobe split into the operator's set-up and Lanczos's own work. "
+                    "True error: the largest relative error of the k values against the float64 reference; "
+                    "PyHessian's deflated power iteration returns the largest-magnitude eigenvalues, so a negative "
+                    "one can stand among its top 5."]
+
+
+def accuracy_rows(models: dict, truths: dict) -> list[dict]:
+    """Every tool at each tolerance of ``SWEEP``: products and true error (no timing)."""
+    rows = []
+    for name, (model, data) in models.items():
+        for k in (1, 5):
+            for tol in SWEEP:
+                for measure in TOOLS:
+                    row = {"model": name, "k": k, "tol": tol, **measure(model, data, k, tol)}
+                    row["error"] = true_error(row["values"], truths[name][:k])
+                    rows.append(row)
+                    print({key: value for key, value in row.items() if key != "values"}, flush=True)
+            oracle = lanczos_oracle(model, data, truths[name][:k], SWEEP)
+            rows += [{"model": name, "k": k, "tol": target, "tool": "Lanczos, stopped by the truth",
+                      "hvps": hvps, "error": target} for target, hvps in oracle.items() if hvps is not None]
+            print(name, k, "oracle", oracle, flush=True)
+    return rows
+
+
+def accuracy_tables(rows: list[dict]) -> list[str]:
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    asked = [t for t in tools if not t.startswith("Lanczos")]
+    lines = ["## Products and true error at each tolerance", "",
+             "| model | k | tool | " + " | ".join(f"tol {tol:.0e}" for tol in SWEEP) + " |",
+             "| --- | ---: | --- |" + " ---: |" * len(SWEEP)]
+    cases = list(dict.fromkeys((r["model"], r["k"]) for r in rows))
+    for name, k in cases:
+        for tool in asked:
+            cells = [next((f"{r['hvps']} ({r['error']:.0e})" for r in rows if (r["model"], r["k"], r["tool"], r["tol"])
+                           == (name, k, tool, tol)), "") for tol in SWEEP]
+            lines.append(f"| {name} | {k} | {tool} | " + " | ".join(cells) + " |")
+    lines += ["", "Each cell: products (true error). The tools read tol differently: vitprobe stops when every "
+              "wanted Ritz pair's residual is below tol times its value (an eigenvalue then lies that close), "
+              "ARPACK likewise, PyHessian when the relative change of its estimate is below tol.", "",
+              "## Fewest products to a true error of at most e", "",
+              "| model | k | e | " + " | ".join(tools) + " |", "| --- | ---: | ---: |" + " ---: |" * len(tools)]
+    for name, k in cases:
+        for target in SWEEP:
+            cells = [str(min((r["hvps"] for r in rows if (r["model"], r["k"], r["tool"]) == (name, k, tool)
+                              and r["error"] <= target), default="never"))
+                     for tool in tools]
+            lines.append(f"| {name} | {k} | {target:.0e} | " + " | ".join(cells) + " |")
+    return lines + ["", "The least products among a tool's runs (every tolerance above, and the timed runs) whose "
+                    "true error was at most e; never: no run of it got there. \"Lanczos, stopped by the truth\": "
+                    "the product after which vitprobe's Lanczos (same start) keeps its top-k Ritz values within e of "
+                    "the reference: what any stopping rule on this Krylov space could at best achieve."]
+
+
+def memory_table(sizes: list[int]) -> list[str]:
+    lines = ["## Peak memory above the process's start, synthetic float32 operator", "",
+             "| parameters | estimator | products | peak (MB) | vectors of n floats | outside per product (ms) |",
+             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for size in sizes:
+        for what in ("hutch++", "slq"):
+            result = peak(size, what)
+            print(size, what, result, flush=True)
+            lines.append(f"| {size:,} | {what} | {result['products']} | {result['peak'] / 1e6:.0f} | "
+                         f"{result['peak'] / (4 * size):.1f} | {1000 * result['outside']:.1f} |")
+    return lines + ["", "Hutch++ with 100 products keeps a 33-column sketch and its Q, both float32 (66 vectors); "
+                    "the float64 QR before issue 19 added two 33-column float64 copies (132 vectors more). SLQ keeps "
+                    "its Lanczos basis, allocated 32 vectors at a time (64 for 48 steps)."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -196,49 +347,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers.md"))
     args = parser.parse_args()
 
-    rows, counts = [], {}
-    for name, (model, data) in solver_models().items():
-        for k in (1, 5):
-            truth = reference(model, data, k)
-            for repeat in range(args.repeats):
-                for measure in (vitprobe_top, pyhessian_top, curvlinops_top):
-                    row = {"model": f"{name} ({model.num_parameters:,})", "k": k, **measure(model, data, k)}
-                    row["error"] = float(np.max(np.abs(np.asarray(row["values"]) - truth) / np.abs(truth)))
-                    rows.append(row)
-                    print(repeat, {key: value for key, value in row.items() if key != "values"}, flush=True)
-            counts[f"{name} top-{k}"] = next(r["hvps"] for r in rows[::-1] if r["tool"].startswith("vitprobe"))
-    lines = [f"# Eigen-solvers side by side ({platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
-             f"## Top-1 and top-5 at tol {TOL}, 64 images, one process", "",
-             "| model | k | tool | HVPs | seconds | vs PyHessian | outside products | true error |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (model, k) in dict.fromkeys((r["model"], r["k"]) for r in rows):
-        mine = [r for r in rows if r["model"] == model and r["k"] == k]
-        seconds = {tool: float(np.median([r["seconds"] for r in mine if r["tool"] == tool]))
-                   for tool in dict.fromkeys(r["tool"] for r in mine)}
-        for tool, median in seconds.items():
-            row = next(r for r in mine if r["tool"] == tool)
-            outside = (f"{100 * (median - float(np.median([r['in_products'] for r in mine if r['tool'] == tool]))) / median:.1f} %"
-                       if "in_products" in row else "")
-            lines.append(f"| {model} | {k} | {tool} | {row['hvps']} | {median:.2f} | "
-                         f"{median / seconds['PyHessian (power)']:.2f}x | {outside} | {row['error']:.1e} |")
+    models = solver_models()
+    truths = {name: reference(model, data) for name, (model, data) in models.items()}
+    timed = timed_rows(models, truths, args.repeats)
+    counts = {f"{r['model']} top-{r['k']}": r["hvps"] for r in timed if r["tool"].startswith("vitprobe")}
     write_text(args.out.with_suffix(".json"), json.dumps({"hvps": counts, "tol": TOL}, indent=1) + "\n")
-    lines += ["", "Seconds are medians over repeats and include each tool's own set-up (vitprobe: building the "
-              "operator's kept graph; PyHessian: its first gradient). True error: the largest relative error of "
-              "the k values against the float64 reference; PyHessian's deflated power iteration returns the "
-              "largest-magnitude eigenvalues, so a negative one can stand among its top 5.", "",
-              "## Peak memory above the process's start, synthetic float32 operator", "",
-              "| parameters | estimator | products | peak (MB) | vectors of n floats | outside per product (ms) |",
-              "| ---: | --- | ---: | ---: | ---: | ---: |"]
-    for size in args.sizes:
-        for what in ("hutch++", "slq"):
-            result = peak(size, what)
-            print(size, what, result, flush=True)
-            lines.append(f"| {size:,} | {what} | {result['products']} | {result['peak'] / 1e6:.0f} | "
-                         f"{result['peak'] / (4 * size):.1f} | {1000 * result['outside']:.1f} |")
-    lines += ["", "Hutch++ with 100 products keeps a 33-column sketch and its Q, both float32 (66 vectors); "
-              "the float64 QR before issue 19 added two 33-column float64 copies (132 vectors more). SLQ keeps "
-              "its Lanczos basis, allocated 32 vectors at a time (64 for 48 steps)."]
+    lines = [f"# Eigen-solvers side by side ({platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__})", ""]
+    lines += timed_table(timed, models) + [""]
+    lines += accuracy_tables(timed + accuracy_rows(models, truths)) + [""]
+    lines += memory_table(args.sizes)
     write_text(args.out, "\n".join(lines) + "\n")
     print(args.out.read_text())
 

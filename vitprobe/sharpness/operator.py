@@ -241,8 +241,14 @@ class HessianOperator:
         """H v as one flat vector, for ``v`` given as per-parameter tensors."""
         vs = [v.to(device=self.device, dtype=self.dtype) for v in vs]
         local = self._degrading(lambda: self._local_hvp(vs))
-        flat = torch.cat([part.reshape(-1) if part is not None else p.new_zeros(p.numel())
-                          for part, p in zip(local, self.params)])
+        flat = torch.empty(self.size, dtype=self.dtype, device=self.device)
+        # each part copied into place once (conv weights' parts come transposed: a reshape and a
+        # concatenation would copy them twice)
+        for view, part in zip(unflatten(flat, self.params), local):
+            if part is None:
+                view.zero_()
+            else:
+                view.copy_(part)
         self.hvps += 1
         return distributed.all_reduce_sum(flat)
 

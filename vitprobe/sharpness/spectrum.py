@@ -35,8 +35,8 @@ def eigenpairs(operator: SymmetricOperator, *, k: int = 1, tol: float = 1e-3, me
     a :class:`HessianOperator`, a curvlinops GGN or Fisher operator, ...).
 
     ``method``: ``"lanczos"`` (partial reorthogonalisation, stops when every wanted Ritz pair has
-    ||A y - theta y|| / |theta| < tol, as ARPACK does: inside a cluster narrower than that the
-    k-th value may stand for its neighbour, see :func:`vitprobe.sharpness.lanczos.lanczos_top`;
+    ||A y - theta y|| / |theta| < tol, as ARPACK does: each value is then that close to *an*
+    eigenvalue, in a cluster possibly the next one, see :func:`vitprobe.sharpness.lanczos.lanczos_top`;
     ``max_iter`` products in all) or ``"power"`` (power iteration with deflation: the
     largest-*magnitude* eigenvalues; ``max_iter`` per eigenvalue).
     ``basis`` places Lanczos's vectors: "device", "host", or "auto" (the host when they would not

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.3.0"  # the one place it is written: pyproject.toml reads it; CHANGELOG.md
+__version__ = "0.3.1"  # the one place it is written: pyproject.toml reads it; CHANGELOG.md
 
 _EXPORTS = {
     "load_model": "vitprobe.models",

@@ -22,11 +22,7 @@ class Tiny(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(x) > 1 and self.name in os.environ.get("VITPROBE_TEST_SLOW", "").split(","):
-            # 60 s in short sleeps, as a real forward is many short operations: a pending SIGINT
-            # is acted on within 0.1 s even where it did not cut the sleep itself short (with one
-            # 60 s sleep, two interruption tests once waited out their 60 s in a full-suite run)
-            for _ in range(600):
-                time.sleep(0.1)
+            time.sleep(60)
         return self.head(self.conv(x).mean((2, 3)))
 
 

@@ -21,9 +21,14 @@ EVALUATE = ["evaluate", *[token for spec in MODELS for token in ("--model", spec
 
 
 def _start(argv: list[str], slow: str = "") -> subprocess.Popen:
+    """A real ``vitprobe`` process that takes Ctrl-C as a terminal's would. A test run started in
+    the background by a non-interactive shell (``pytest &``, ``nohup``) ignores SIGINT, and a
+    child inherits that: Python then installs no handler and the interruption tests would wait
+    out their timeouts (seen in two full-suite runs started so; /proc's SigIgn showed it)."""
     env = {**os.environ, "VITPROBE_TEST_SLOW": slow, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "vitprobe", *argv], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _record(out: Path, command: str = "evaluate") -> dict:

@@ -252,14 +252,13 @@ def _in_dtype(matvec: Matvec, dtype: torch.dtype) -> Matvec:
 
 def basis_on_host(size: int, steps: int, dtype: torch.dtype, device: torch.device,
                   basis: str = "auto") -> bool:
-    """Whether the basis goes to the host: ``basis`` "host", or "auto" on a GPU whose free memory
-    is less than twice the ``steps`` vectors of ``size``."""
+    """Whether the basis goes to the host: ``basis`` "host", or "auto" on a GPU where the ``steps``
+    vectors of ``size`` (and a chunk's slack) do not fit in half the free memory."""
     if basis not in ("auto", "device", "host"):
         raise ValueError(f"basis must be 'auto', 'device' or 'host', got {basis!r}")
     if basis != "auto" or device.type != "cuda":
         return basis == "host"
-    need = (steps + CHUNK) * size * torch.finfo(dtype).bits // 8
-    return need > torch.cuda.mem_get_info(device)[0] / 2
+    return vectors_that_fit(size, dtype, device) < steps + CHUNK
 
 
 def lanczos_top(operator: SymmetricOperator, k: int, tol: float, max_iter: int, seed: int = 0,

@@ -18,24 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from solvers import TOL, reference, solver_models, true_error
+from solvers import TOL, pyhessian_top, reference, solver_models, true_error, vitprobe_top
 
 from vitprobe.report.files import write_text
-from vitprobe.sharpness import HessianOperator, eigenpairs
-from vitprobe.sharpness.loss import cross_entropy
-from vitprobe.sharpness.pyhessian_peer import PyHessianRun
 
 
 def counts(model, data, truth: np.ndarray, k: int, seed: int) -> dict[str, tuple[int, float]]:
     """(products, true error) of each tool's top-k from ``seed``."""
-    operator = HessianOperator(model, data)
-    pairs = eigenpairs(operator, k=k, tol=TOL, seed=seed)
-    operator.release()
-    params = [p for p in model.module.parameters() if p.requires_grad]
-    run = PyHessianRun(model.module, data, cross_entropy, params, seed=seed)
-    values, _ = run.eigenvalues(k=k, tol=TOL, max_iter=100)
-    return {"vitprobe": (pairs.total_hvps, true_error(pairs.values, truth[:k])),
-            "PyHessian": (run.hvps, true_error(sorted(values, reverse=True), truth[:k]))}
+    runs = {"vitprobe": vitprobe_top(model, data, k, seed=seed), "PyHessian": pyhessian_top(model, data, k, seed=seed)}
+    return {tool: (run["hvps"], true_error(run["values"], truth[:k])) for tool, run in runs.items()}
 
 
 def main() -> None:

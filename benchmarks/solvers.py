@@ -111,26 +111,26 @@ def scipy_operator(operator) -> tuple[LinearOperator, Timed]:
     return LinearOperator(operator.shape, matvec=product, dtype=np.float64), product
 
 
-def vitprobe_top(model, data, k: int, tol: float = TOL) -> dict:
+def vitprobe_top(model, data, k: int, tol: float = TOL, seed: int = 0) -> dict:
     started = time.perf_counter()
     operator = HessianOperator(model, data)
     built = time.perf_counter() - started
     timed = TimedOperator(operator)
-    pairs = eigenpairs(timed, k=k, tol=tol)
+    pairs = eigenpairs(timed, k=k, tol=tol, seed=seed)
     total = time.perf_counter() - started
     operator.release()
     return {"tool": "vitprobe (Lanczos)", "seconds": total, "hvps": timed.products.calls, "build": built,
             "in_products": timed.products.seconds, "values": pairs.values.tolist()}
 
 
-def pyhessian_top(model, data, k: int, tol: float = TOL) -> dict:
+def pyhessian_top(model, data, k: int, tol: float = TOL, seed: int = 0) -> dict:
     ph = importlib.import_module("pyhessian.hessian")  # the module: the package rebinds the name
     products = Timed(ph.hessian_vector_product)  # PyHessianRun counts the calls of what it finds here
     ph.hessian_vector_product = products
     try:
         started = time.perf_counter()
         params = [p for p in model.module.parameters() if p.requires_grad]
-        run = PyHessianRun(model.module, data, cross_entropy, params)
+        run = PyHessianRun(model.module, data, cross_entropy, params, seed=seed)
         values, _ = run.eigenvalues(k=k, tol=tol, max_iter=100)
         total = time.perf_counter() - started
     finally:
@@ -254,20 +254,21 @@ def timed_table(rows: list[dict], models: dict) -> list[str]:
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (name, k) in dict.fromkeys((r["model"], r["k"]) for r in rows):
         mine = [r for r in rows if r["model"] == name and r["k"] == k]
-        median = {key: {tool: float(np.median([r[key] for r in mine if r["tool"] == tool and key in r]))
-                        for tool in dict.fromkeys(r["tool"] for r in mine)}
-                  for key in ("seconds", "in_products", "build")}
-        for tool, seconds in median["seconds"].items():
+        def median(key: str, tool: str) -> float:
+            return float(np.median([r[key] for r in mine if r["tool"] == tool]))
+
+        for tool in dict.fromkeys(r["tool"] for r in mine):
             row = next(r for r in mine if r["tool"] == tool)
+            seconds = median("seconds", tool)
             outside = ""
             if "in_products" in row:
-                outside = f"{100 * (seconds - median['in_products'][tool]) / seconds:.1f} %"
-            if "build" in row:
-                build = 100 * median["build"][tool] / seconds
-                solver = 100 * (seconds - median["in_products"][tool]) / seconds - build
-                outside += f" ({build:.1f} + {solver:.1f})"
+                share = 100 * (seconds - median("in_products", tool)) / seconds
+                outside = f"{share:.1f} %"
+                if "build" in row:
+                    build = 100 * median("build", tool) / seconds
+                    outside += f" ({build:.1f} + {share - build:.1f})"
             lines.append(f"| {name} ({models[name][0].num_parameters:,}) | {k} | {tool} | {row['hvps']} | "
-                         f"{seconds:.2f} | {seconds / median['seconds']['PyHessian (power)']:.2f}x | {outside} | "
+                         f"{seconds:.2f} | {seconds / median('seconds', 'PyHessian (power)'):.2f}x | {outside} | "
                          f"{row['error']:.1e} |")
     return lines + ["", "Seconds are medians over repeats and include each tool's own set-up (vitprobe: the memory "
                     "probe and building the operator's kept graph; PyHessian: its first gradient). Outside products: "
